@@ -1,0 +1,295 @@
+"""The ``lmconv`` command.
+
+``lmconv SRC DST [options]`` converts; ``lmconv inspect|formats|plugins|verify|roundtrip``
+are sub-commands. A first argument that names a sub-command is one; anything
+else is a source path. Heavy modules (numpy, torch, the plugins) are imported
+inside the commands so that ``lmconv --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Annotated, Any, Optional
+
+import typer
+
+try:  # newer typer vendors click; its usage exceptions are the ones raised
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer on real click
+    from click.exceptions import ClickException
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok · 1 other error · 2 usage (bad flag, unknown format or type) · "
+    "3 bad input (missing, truncated, corrupt) · 4 unsafe input (a pickle that would run code) · "
+    "5 output error (exists without --force, unwritable, disk full) · 6 verification failed · "
+    "7 missing optional dependency · 130 interrupted."
+)
+
+app = typer.Typer(
+    name="lmconv",
+    help=(
+        "Convert language-model weights between safetensors, PyTorch, TensorFlow and GGUF.\n\n"
+        "Usage: lmconv SRC DST [options]   (e.g. lmconv model/ out.gguf --quant q8_0)\n\n"
+        "   or: lmconv COMMAND ...\n\n" + EXIT_CODES_HELP
+    ),
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+_state: dict[str, Any] = {"quiet": False}
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def _warn(msg: str) -> None:
+    if not _state["quiet"]:
+        _err(f"lmconv: warning: {msg}")
+
+
+class _Progress:
+    """A byte-count progress bar on stderr, only when stderr is a terminal and not --quiet."""
+
+    def __init__(self, total: int, label: str, enabled: bool) -> None:
+        self.bar = None
+        if enabled and total > 0 and sys.stderr.isatty():
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                                TransferSpeedColumn(), TimeRemainingColumn(), transient=True,
+                                console=__import__("rich.console").console.Console(stderr=True))
+            self.task = self.bar.add_task(label, total=total)
+            self.bar.start()
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@app.command("convert", help="Convert SRC to DST (the default command: `lmconv SRC DST` means `lmconv convert SRC DST`).")
+def convert_cmd(
+    src: Annotated[str, typer.Argument(help="Source: a file, a sharded index, or a Hugging Face model folder.")],
+    dst: Annotated[str, typer.Argument(help="Target: its extension picks the format; a folder (or trailing /) means an HF folder.")],
+    to: Annotated[Optional[str], typer.Option("--to", help="Output format name (see `lmconv formats`); overrides the extension.")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Cast floating tensors: f32, f16 or bf16.")] = None,
+    quant: Annotated[Optional[str], typer.Option("--quant", help="GGUF only: q8_0, q4_0, q4_k_m … (see `lmconv plugins`).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
+    config: Annotated[Optional[str], typer.Option("--config", help="config.json to use instead of the one beside SRC.")] = None,
+    no_companions: Annotated[bool, typer.Option("--no-companions", help="Do not write config/tokenizer files beside a lone weights file.")] = False,
+    max_shard_size: Annotated[Optional[str], typer.Option("--max-shard-size", help="Shard safetensors output (e.g. 5GB).")] = None,
+    split_max_size: Annotated[Optional[str], typer.Option("--split-max-size", help="Split GGUF output (e.g. 2G, 500M).")] = None,
+    pre_tokenizer: Annotated[Optional[str], typer.Option("--pre-tokenizer", help="GGUF: llama.cpp pre-tokenizer name when lmconv cannot identify it.")] = None,
+    pure: Annotated[bool, typer.Option("--pure", help="Every quantisable tensor gets exactly the --quant type.")] = False,
+    tensor_type: Annotated[Optional[list[str]], typer.Option("--tensor-type", help="REGEX=TYPE per-tensor override (repeatable).")] = None,
+    output_tensor_type: Annotated[Optional[str], typer.Option("--output-tensor-type", help="Type of output.weight.")] = None,
+    token_embedding_type: Annotated[Optional[str], typer.Option("--token-embedding-type", help="Type of token_embd.weight.")] = None,
+    leave_output_tensor: Annotated[bool, typer.Option("--leave-output-tensor", help="Do not quantise output.weight.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Read DST back and verify it against SRC.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse NaN/Inf weights instead of warning.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    from .pipeline import convert
+
+    _state["quiet"] = quiet
+    extra = {
+        "max_shard_size": max_shard_size, "split_max_size": split_max_size, "pre_tokenizer": pre_tokenizer,
+        "pure": pure, "tensor_type_overrides": list(tensor_type or []), "output_tensor_type": output_tensor_type,
+        "token_embedding_type": token_embedding_type, "leave_output_tensor": leave_output_tensor, "strict": strict,
+    }
+    bar: _Progress | None = None
+
+    def on_model(model: Any) -> None:
+        nonlocal bar
+        bar = _Progress(model.nbytes, f"{os.path.basename(src.rstrip('/')) or src} → {os.path.basename(dst.rstrip('/'))}", not quiet)
+
+    start = time.perf_counter()
+    try:
+        result = convert(
+            src, dst, to=to, dtype=dtype, quant=quant, force=force, config=config, companions=not no_companions,
+            extra={k: v for k, v in extra.items() if v not in (None, False, [])},
+            progress=lambda n: bar.advance(n) if bar else None, warn=_warn, on_model=on_model,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - start
+    if not quiet:
+        size = sum(_path_size(p) for p in result.outputs)
+        names = ", ".join(str(p) for p in result.outputs)
+        _err(f"lmconv: wrote {names} ({_human(size)}, {len(result.model)} tensors, {result.source_format} → {result.target_format}) in {elapsed:.1f}s")
+    if verify:
+        from .verify import verify_conversion
+
+        report = verify_conversion(result, quiet=quiet)
+        if not report.ok:
+            from .errors import VerificationError
+
+            raise VerificationError(f"verification failed: {report.summary()} (the file was kept)", path=result.outputs[0])
+
+
+def _path_size(path: Any) -> int:
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+    return os.path.getsize(path)
+
+
+@app.command("inspect", help="Show a model's format, architecture, config, tokenizer and tensors.")
+def inspect_cmd(
+    path: Annotated[str, typer.Argument(help="A file, sharded index or model folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON (schemas/model-manifest.schema.json).")] = False,
+    config: Annotated[Optional[str], typer.Option("--config", help="config.json to use instead of the one beside PATH.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    import json
+
+    from .manifest import manifest
+    from .pipeline import read_model
+
+    model = read_model(path, config=config, warn=_warn)
+    man = manifest(model)
+    if as_json:
+        sys.stdout.write(json.dumps(man, indent=2, ensure_ascii=False) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"[bold]{path}[/bold]  format: {man['format']}  architecture: {man['architecture'] or 'unknown'}")
+    if man["config"]:
+        con.print("config: " + ", ".join(f"{k}={v}" for k, v in man["config"].items()))
+    if man["tokenizer"]:
+        con.print("tokenizer: " + ", ".join(f"{k}={v}" for k, v in man["tokenizer"].items() if v not in (None, [], "")))
+    gguf_kv = man["metadata"].get("gguf")
+    if isinstance(gguf_kv, dict):
+        for k, v in gguf_kv.items():
+            con.print(f"  {k} = {v}")
+    table = Table("name", "shape", "dtype", "bytes", show_lines=False)
+    for t in man["tensors"]:
+        alias = f" (= {', '.join(t['aliases'])})" if t["aliases"] else ""
+        table.add_row(t["name"] + alias, "×".join(map(str, t["shape"])) or "scalar", t["dtype"], f"{t['bytes']:,}")
+    con.print(table)
+    tot = man["totals"]
+    con.print(f"{tot['tensors']} tensors, {tot['parameters']:,} parameters, {_human(tot['bytes'])}")
+
+
+@app.command("formats", help="List the registered formats.")
+def formats_cmd(debug: Annotated[bool, typer.Option("--debug")] = False) -> None:
+    from .registry import get_registry
+
+    reg = get_registry()
+    for name, fmt in sorted(reg.formats.items()):
+        ops = "/".join(x for x, ok in (("read", fmt.can_read), ("write", fmt.can_write)) if ok)
+        ext = " ".join(fmt.extensions) or ("<folder>" if fmt.is_directory else "")
+        sys.stdout.write(f"{name:<12} {ops:<10} {ext:<40} {fmt.description} [{getattr(fmt, 'plugin', '?')}]\n")
+
+
+@app.command("plugins", help="List loaded plugins, where they come from and what they provide.")
+def plugins_cmd(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    debug: Annotated[bool, typer.Option("--debug")] = False,
+) -> None:
+    import json
+
+    from .registry import get_registry, plugin_source
+
+    reg = get_registry()
+    rows = [
+        {"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
+         "status": p.status, "error": p.error, "provides": p.provides, "source": plugin_source(p) if p.status == "ok" else ""}
+        for p in reg.plugins
+    ]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    for r in rows:
+        line = f"{r['name']:<14} {r['status']:<8} {r['distribution']} {r['version']}  {r['module']}"
+        if r["status"] == "broken":
+            line += f"  — {r['error']}"
+        sys.stdout.write(line + "\n")
+        if r["provides"]:
+            sys.stdout.write("    " + ", ".join(r["provides"]) + "\n")
+
+
+COMMANDS = {"convert", "inspect", "formats", "plugins", "verify", "roundtrip"}
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+    if not argv:
+        return ["--help"]
+    first = argv[0]
+    if first in COMMANDS or first in ("--help", "-h", "--version"):
+        return argv
+    return ["convert", *argv]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app, turns every user error into one line and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"lmconv {version('lmconv')}\n")
+        return 0
+    debug = "--debug" in argv or os.environ.get("LMCONV_DEBUG") == "1"
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit becomes EFBIG, not a kill
+    from .errors import EXIT_INTERRUPTED, LmconvError
+
+    code = 0
+    try:
+        rv = app(args=_normalise_argv(argv), prog_name="lmconv", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except LmconvError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        _err(f"lmconv: error: {exc}")
+        code = exc.exit_code
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        _err("lmconv: interrupted; no output was written")
+        code = EXIT_INTERRUPTED
+    except ClickException as exc:
+        _err(f"lmconv: error: {' '.join(exc.format_message().split())} (see lmconv --help)")
+        code = exc.exit_code
+    except MemoryError:
+        _err("lmconv: error: out of memory")
+        code = 1
+    except Exception as exc:  # a bug: one line unless --debug
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        _err(f"lmconv: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} (run with --debug for the traceback)")
+        code = 70
+    return code
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

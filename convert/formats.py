@@ -1,0 +1,99 @@
+"""What a format plugin provides, and the options a conversion hands to it.
+
+A format is an object with a name, extensions, a ``sniff`` that looks at magic
+bytes, and ``read``/``write``. Subclass :class:`Format` and override what you need:
+the defaults make a format that refuses to read or write, so a read-only or
+write-only plugin only implements its half.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .dtypes import DType
+from .errors import UsageError
+from .ir import Model
+
+
+@dataclass
+class WriteOptions:
+    """Everything a writer may need to know about the user's request.
+
+    ``dtype`` casts floating tensors; ``quant`` names a quantiser or preset (only
+    formats with ``stores_quantized`` accept it); ``extra`` carries format-specific
+    flags (``split_max_size``, ``pre_tokenizer``, ``max_shard_size`` …) so that a
+    new plugin needs no change in the core to get its own options through.
+    ``progress`` is called with the bytes of each tensor written.
+    """
+
+    dtype: DType | None = None
+    quant: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[int], None] = lambda n: None
+    warn: Callable[[str], None] = lambda msg: None
+
+
+@dataclass
+class ReadOptions:
+    """What a reader may need: a config or tokenizer found elsewhere, warnings out."""
+
+    config_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    warn: Callable[[str], None] = lambda msg: None
+
+
+class Format:
+    """Base class of a format plugin; see docs/writing-a-plugin.md."""
+
+    #: unique short name, used by ``--to`` and ``lmconv formats``
+    name: str = ""
+    #: file name endings this format claims, lower-case, with the dot (".safetensors")
+    extensions: tuple[str, ...] = ()
+    #: one line for ``lmconv formats``
+    description: str = ""
+    #: True when the target is a directory (an HF model folder) rather than a file
+    is_directory: bool = False
+    #: can this format hold quantised block types as they are?
+    stores_quantized: bool = False
+    #: plain dtypes it can store (names); None means every plain dtype
+    stores_dtypes: frozenset[str] | None = None
+    can_read: bool = True
+    can_write: bool = True
+
+    def sniff(self, path: Path) -> bool:
+        """True when ``path`` is in this format, judged by content (magic bytes) where possible."""
+        return False
+
+    def read(self, path: Path, options: ReadOptions) -> Model:
+        """Return a Model whose tensors are lazy; raise an LmconvError subclass for bad input."""
+        raise UsageError(f"format {self.name} cannot be read", path=path)
+
+    def prepare(self, model: Model, options: WriteOptions) -> Model:
+        """Apply the requested casts before writing. The default: cast floats to ``options.dtype``,
+        refuse ``--quant``, dequantise block types to f32 (or to ``options.dtype``)."""
+        from .transforms import cast_model, dequantize_model
+
+        if options.quant and not self.stores_quantized:
+            raise UsageError(
+                f"--quant {options.quant} needs a target that stores quantised blocks (GGUF); "
+                f"{self.name} does not: use --dtype f16|bf16|f32 instead"
+            )
+        model = dequantize_model(model, options.dtype)
+        if options.dtype is not None:
+            model = cast_model(model, options.dtype)
+        return model
+
+    def write(self, model: Model, path: Path, options: WriteOptions) -> list[Path]:
+        """Write ``model`` to ``path`` (a fresh path in a staging folder) and return every file
+        or folder created there, in order; the pipeline moves them into place atomically."""
+        raise UsageError(f"format {self.name} cannot be written", path=path)
+
+    def output_paths(self, path: Path, options: WriteOptions) -> list[Path]:
+        """Paths a write to ``path`` would create, when known in advance (for --force checks)."""
+        return [path]
+
+    def __repr__(self) -> str:
+        return f"<Format {self.name}>"

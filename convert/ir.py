@@ -1,0 +1,203 @@
+"""The neutral model every format is read into and written out of.
+
+Reading a file yields descriptors, not data: a :class:`Tensor` knows its name,
+shape and dtype and how to produce its array, and :meth:`Tensor.load` runs that
+recipe for one tensor only. Transforms (a cast, a transpose, a quantisation) wrap
+the recipe in another one, so nothing is computed until a writer asks for that
+tensor, and nothing stays in memory after the writer is done with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import dtypes as _dt
+from .dtypes import DType
+from .errors import InputError
+
+Loader = Callable[[], np.ndarray]
+
+
+class Tensor:
+    """A lazily loaded tensor: name, shape (row-major), dtype and a recipe for its data.
+
+    ``aliases`` are further names of the *same* tensor (tied weights): one tensor,
+    several names, never two copies. ``history`` records the lossy steps applied
+    (``"cast:f16"``, ``"quant:q8_0"``) so verification can pick the right tolerance.
+    """
+
+    __slots__ = ("name", "shape", "dtype", "_loader", "aliases", "history", "origin")
+
+    def __init__(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: DType,
+        loader: Loader,
+        *,
+        aliases: tuple[str, ...] = (),
+        history: tuple[str, ...] = (),
+        origin: str = "",
+    ) -> None:
+        self.name = name
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = dtype
+        self._loader = loader
+        self.aliases = tuple(aliases)
+        self.history = tuple(history)
+        self.origin = origin  # the file it comes from, for error messages
+
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.nbytes(self.shape)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def load(self) -> np.ndarray:
+        """Materialise this tensor (and only this one); checks the recipe kept its promise."""
+        arr = self._loader()
+        want = self.dtype.storage_shape(self.shape)
+        want_dtype = self.dtype.numpy if self.dtype.numpy is not None else np.dtype(np.uint8)
+        if tuple(arr.shape) != want or arr.dtype != want_dtype:
+            if arr.size == int(np.prod(want, dtype=np.int64)) and arr.dtype == want_dtype:
+                arr = arr.reshape(want)
+            else:
+                raise InputError(
+                    f"tensor {self.name!r} holds {arr.dtype}{list(arr.shape)} but was declared {self.dtype}{list(self.shape)}",
+                    path=self.origin or None,
+                )
+        return arr
+
+    def replace(self, **changes: Any) -> Tensor:
+        """A copy with some attributes changed (the loader keeps pointing at the same source)."""
+        kw = {
+            "name": self.name, "shape": self.shape, "dtype": self.dtype, "loader": self._loader,
+            "aliases": self.aliases, "history": self.history, "origin": self.origin,
+        }
+        kw.update(changes)
+        return Tensor(kw.pop("name"), kw.pop("shape"), kw.pop("dtype"), kw.pop("loader"), **kw)
+
+    def map(
+        self,
+        fn: Callable[[np.ndarray], np.ndarray],
+        *,
+        shape: tuple[int, ...] | None = None,
+        dtype: DType | None = None,
+        name: str | None = None,
+        note: str | None = None,
+    ) -> Tensor:
+        """A lazy transform: a new tensor whose data is ``fn(self.load())``, computed on demand."""
+        parent = self
+        return self.replace(
+            name=name or self.name,
+            shape=self.shape if shape is None else tuple(shape),
+            dtype=dtype or self.dtype,
+            loader=lambda: fn(parent.load()),
+            history=self.history + ((note,) if note else ()),
+        )
+
+    def cast(self, dtype: DType) -> Tensor:
+        """Cast a floating tensor to another float dtype (round-to-nearest-even); others unchanged."""
+        if dtype == self.dtype or not self.dtype.is_float or not dtype.is_float:
+            return self
+        np_dtype = dtype.numpy
+        # Narrowing is lossy, widening is exact: only the lossy step enters the history.
+        lossy = dtype.type_size < self.dtype.type_size or (dtype.name == "bf16" and self.dtype.name == "f16")
+        return self.map(lambda a: a.astype(np_dtype), dtype=dtype, note=f"cast:{dtype.name}" if lossy else None)
+
+    def __repr__(self) -> str:
+        alias = f" aka {', '.join(self.aliases)}" if self.aliases else ""
+        return f"Tensor({self.name!r}, {list(self.shape)}, {self.dtype}{alias})"
+
+
+def tensor_from_array(name: str, array: np.ndarray, **kw: Any) -> Tensor:
+    """Wrap an in-memory array (tests, small derived tensors) as an IR tensor."""
+    return Tensor(name, tuple(array.shape), _dt.from_numpy(array.dtype), lambda: array, **kw)
+
+
+@dataclass
+class Tokenizer:
+    """A tokenizer in two interchangeable spellings.
+
+    ``files`` are the original Hugging Face files, verbatim, when the source had
+    them (tokenizer.json, tokenizer_config.json, tokenizer.model, …); ``fields``
+    are GGUF's ``tokenizer.*`` key/values (model, pre, tokens, token_type, scores,
+    merges, special ids, add_bos/eos, chat_template) — the one vocabulary-level
+    description that is already neutral between runtimes. Either side is built
+    from the other on demand by the GGUF plugin's tokenizer bridge.
+    """
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.files or self.fields)
+
+
+@dataclass
+class Model:
+    """config + tokenizer + metadata + ordered tensors. Canonical names are HF state-dict names."""
+
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Tokenizer = field(default_factory=Tokenizer)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    format: str = ""
+    # Extra non-config files of an HF directory kept verbatim (generation_config.json, …).
+    extra_files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def architecture(self) -> str | None:
+        archs = self.config.get("architectures")
+        if isinstance(archs, list) and archs and isinstance(archs[0], str):
+            return archs[0]
+        return None
+
+    def add(self, tensor: Tensor) -> None:
+        if tensor.name in self.tensors or tensor.name in self.aliases():
+            raise InputError(f"duplicate tensor name {tensor.name!r}", path=tensor.origin or self.source or None)
+        self.tensors[tensor.name] = tensor
+
+    def aliases(self) -> dict[str, str]:
+        """alias name → name of the tensor it shares storage with."""
+        return {a: t.name for t in self.tensors.values() for a in t.aliases}
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self.tensors.values())
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def with_tensors(self, tensors: list[Tensor]) -> Model:
+        """The same model (config, tokenizer, metadata) over another list of tensors."""
+        return Model(
+            tensors={t.name: t for t in tensors}, config=self.config, tokenizer=self.tokenizer,
+            metadata=self.metadata, source=self.source, format=self.format, extra_files=self.extra_files,
+        )
+
+
+def group_ties(names_and_keys: list[tuple[str, object]]) -> dict[str, list[str]]:
+    """Group names whose storage key (e.g. data pointer + shape + strides) is equal: first name → others."""
+    first: dict[object, str] = {}
+    groups: dict[str, list[str]] = {}
+    for name, key in names_and_keys:
+        if key in first:
+            groups[first[key]].append(name)
+        else:
+            first[key] = name
+            groups[name] = []
+    return groups

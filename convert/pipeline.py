@@ -1,0 +1,182 @@
+"""sniff → read → prepare (casts, quantisation policy) → write into staging → rename.
+
+The one place that strings the plugins together; the CLI and the Python API both
+call :func:`convert` and :func:`read_model`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .atomic import Staging, describe_os_error
+from .companions import attach_companions, write_companions
+from .errors import InputError, LmconvError, OutputError, UsageError
+from .formats import Format, ReadOptions, WriteOptions
+from .ir import Model
+from .registry import get_registry
+
+
+def detect_format(path: Path) -> Format:
+    """Which registered format reads ``path``: by content first, by extension second."""
+    reg = get_registry()
+    readers = [f for f in reg.formats.values() if f.can_read]
+    for fmt in readers:
+        try:
+            if fmt.sniff(path):
+                return fmt
+        except OSError:
+            continue
+    if not path.exists():
+        raise InputError("no such file or directory", path=path)
+    if path.is_file():
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise InputError(f"cannot read: {exc.strerror}", path=path) from None
+        if size == 0:
+            raise InputError("is empty (0 bytes)", path=path)
+    by_ext = [f for f in readers if any(path.name.lower().endswith(e) for e in f.extensions)]
+    if by_ext:
+        # The extension claims a format but the content does not match its magic.
+        raise InputError(f"does not look like a {by_ext[0].name} file (bad magic bytes or truncated)", path=path)
+    known = sorted({e for f in readers for e in f.extensions})
+    raise InputError(f"unknown file type; lmconv reads {', '.join(known)} and Hugging Face model folders", path=path)
+
+
+def choose_output_format(dst: str | Path, to: str | None = None) -> Format:
+    """The format to write: ``--to`` wins; a trailing slash or a folder means an HF folder; else the extension."""
+    reg = get_registry()
+    if to:
+        fmt = reg.format(to)
+        if not fmt.can_write:
+            raise UsageError(f"format {fmt.name} can be read but not written")
+        return fmt
+    text = os.fspath(dst)
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        dirs = [f for f in reg.formats.values() if f.is_directory and f.can_write]
+        if not dirs:
+            raise UsageError("no registered format writes model folders")
+        return reg.formats.get("hf", dirs[0])
+    name = path.name.lower()
+    matches = [f for f in reg.formats.values() if f.can_write and any(name.endswith(e) for e in f.extensions)]
+    if not matches:
+        known = sorted({e for f in reg.formats.values() if f.can_write for e in f.extensions})
+        raise UsageError(f"{path}: cannot tell the output format from the extension; use one of {', '.join(known)}, a folder ending in /, or --to FORMAT")
+    return max(matches, key=lambda f: max(len(e) for e in f.extensions if name.endswith(e)))
+
+
+def read_model(
+    src: str | Path,
+    *,
+    config: str | Path | None = None,
+    warn: Callable[[str], None] = lambda m: None,
+    extra: dict[str, Any] | None = None,
+) -> Model:
+    """Read any supported source into the IR (lazy tensors), with its companion files."""
+    path = Path(src)
+    fmt = detect_format(path)
+    opts = ReadOptions(config_path=Path(config) if config else None, extra=dict(extra or {}), warn=warn)
+    try:
+        model = fmt.read(path, opts)
+    except LmconvError:
+        raise
+    except MemoryError:
+        raise InputError("claims more memory than this machine has (corrupt or hostile header)", path=path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read: {describe_os_error(exc)}", path=path) from None
+    model.format = model.format or fmt.name
+    model.source = model.source or str(path)
+    if not fmt.is_directory and path.exists() and not getattr(fmt, "self_describing", False):
+        attach_companions(model, path.parent if path.is_file() else path, config_path=opts.config_path)
+    elif opts.config_path is not None:
+        attach_companions(model, path, config_path=opts.config_path)
+    return model
+
+
+@dataclass
+class ConversionResult:
+    source: Path
+    source_format: str
+    target_format: str
+    outputs: list[Path]
+    model: Model  # the model as written (lazy tensors with their history)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    to: str | None = None,
+    dtype: str | None = None,
+    quant: str | None = None,
+    force: bool = False,
+    config: str | Path | None = None,
+    companions: bool = True,
+    extra: dict[str, Any] | None = None,
+    progress: Callable[[int], None] = lambda n: None,
+    warn: Callable[[str], None] = lambda m: None,
+    on_model: Callable[[Model], None] = lambda m: None,
+) -> ConversionResult:
+    """Convert ``src`` to ``dst``. Raises :class:`LmconvError` subclasses for every user error."""
+    from . import dtypes as dt
+
+    warnings: list[str] = []
+
+    def _warn(msg: str) -> None:
+        warnings.append(msg)
+        warn(msg)
+
+    src_path, dst_text = Path(src), os.fspath(dst)
+    dst_path = Path(dst_text)
+    fmt_out = choose_output_format(dst_text, to)
+    cast_to = None
+    if dtype:
+        try:
+            cast_to = dt.get(dtype)
+        except KeyError:
+            raise UsageError(f"unknown --dtype {dtype!r}; choose f32, f16 or bf16") from None
+        if not cast_to.is_float:
+            raise UsageError(f"--dtype {dtype} is not a floating type; for block types use --quant")
+    if quant:
+        get_registry().quantizer(quant)  # unknown names fail before any work
+    wopts = WriteOptions(dtype=cast_to, quant=quant, extra=dict(extra or {}), progress=progress, warn=_warn)
+
+    if _same_file(src_path, dst_path) or src_path.resolve() == dst_path.resolve():
+        raise OutputError("is the source itself; write to another path", path=dst_path)
+    if not force:
+        for p in fmt_out.output_paths(dst_path, wopts):
+            if p.exists():
+                raise OutputError("already exists; pass --force to replace it", path=p)
+
+    model = read_model(src_path, config=config, warn=_warn, extra=extra)
+    on_model(model)
+    prepared = fmt_out.prepare(model, wopts)
+    with Staging(dst_path, force=force) as staging:
+        staged_target = staging.path_for(dst_path)
+        try:
+            produced = fmt_out.write(prepared, staged_target, wopts)
+            if companions and not fmt_out.is_directory and not getattr(fmt_out, "self_describing", False):
+                produced += write_companions(prepared, staging.dir, staging.parent, force=force)  # type: ignore[arg-type]
+        except LmconvError:
+            raise
+        except OSError as exc:
+            if not exc.filename or str(exc.filename).startswith(str(staging.dir)):
+                raise OutputError(f"cannot write: {describe_os_error(exc)}", path=dst_path) from None
+            raise InputError(f"cannot read: {describe_os_error(exc)}", path=exc.filename or src_path) from None
+        try:
+            outputs = staging.commit(produced)
+        except OSError as exc:
+            raise OutputError(f"cannot move the result into place: {describe_os_error(exc)}", path=dst_path) from None
+    return ConversionResult(src_path, model.format, fmt_out.name, outputs, prepared, warnings)

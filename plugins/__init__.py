@@ -1,0 +1,1 @@
+"""lmconv's built-in plugins, registered through the ``lmconv`` entry-point group like any other."""

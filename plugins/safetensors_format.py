@@ -1,0 +1,273 @@
+"""safetensors, single file and sharded (``model.safetensors.index.json``).
+
+Reading parses and validates the header ourselves and memory-maps the data, so
+a tensor costs nothing until it is loaded and bf16/fp8 come out as ml_dtypes
+arrays (the ``safetensors`` numpy API has no bf16). Writing streams one tensor at
+a time after the header, which ``safetensors.save_file`` cannot do (it needs every
+tensor in memory at once); the files are checked against the reference library
+in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmconv import dtypes as dt
+from lmconv.errors import InputError
+from lmconv.formats import Format, ReadOptions, WriteOptions
+from lmconv.hookspecs import hookimpl
+from lmconv.ir import Model, Tensor
+
+MAX_HEADER = 100 * 1024 * 1024  # the limit the reference implementation enforces
+ALIASES_KEY = "lmconv.aliases"
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
+             "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "T": 1000**4, "TB": 1000**4}
+    t = str(text).strip().upper()
+    num = t.rstrip("KMGTIB")
+    unit = t[len(num):]
+    if not num or unit not in units:
+        raise ValueError(text)
+    return int(float(num) * units[unit])
+
+
+class SafetensorsFile:
+    """A validated, memory-mapped safetensors file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            fh = open(path, "rb")
+        except OSError as exc:
+            raise InputError(f"cannot open: {exc.strerror}", path=path) from None
+        with fh:
+            size = fh.seek(0, 2)
+            if size < 8:
+                raise InputError(f"is truncated: {size} bytes, a safetensors file needs at least 8", path=path)
+            fh.seek(0)
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > MAX_HEADER:
+                raise InputError(f"header claims {n} bytes (limit {MAX_HEADER}): corrupt or hostile", path=path)
+            if 8 + n > size:
+                raise InputError(f"header claims {n} bytes but the file has only {size - 8} after the length: truncated", path=path)
+            raw = fh.read(n)
+            self.mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"header is not valid UTF-8 JSON ({exc})", path=path) from None
+        if not isinstance(header, dict):
+            raise InputError("header is not a JSON object", path=path)
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise InputError("__metadata__ must map strings to strings", path=path)
+        self.metadata: dict[str, str] = meta
+        self.data_start = 8 + n
+        data_len = size - self.data_start
+        self.entries: dict[str, tuple[dt.DType, tuple[int, ...], int, int]] = {}
+        spans = []
+        for name, info in header.items():
+            if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"} or len(info) != 3:
+                raise InputError(f"tensor {name!r} has a malformed entry", path=path)
+            try:
+                dtype = dt.from_safetensors(info["dtype"])
+            except (KeyError, TypeError):
+                raise InputError(f"tensor {name!r} has unknown dtype {info['dtype']!r}", path=path) from None
+            shape, offs = info["shape"], info["data_offsets"]
+            if not (isinstance(shape, list) and all(type(d) is int and 0 <= d < 2**62 for d in shape)):
+                raise InputError(f"tensor {name!r} has an invalid shape {shape!r}", path=path)
+            if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs) and 0 <= offs[0] <= offs[1]):
+                raise InputError(f"tensor {name!r} has invalid data offsets {offs!r}", path=path)
+            begin, end = offs
+            want = dtype.nbytes(tuple(shape))
+            if end - begin != want:
+                raise InputError(f"tensor {name!r} spans {end - begin} bytes but {info['dtype']}{shape} needs {want}", path=path)
+            if end > data_len:
+                raise InputError(f"tensor {name!r} runs past the end of the file (truncated)", path=path)
+            self.entries[name] = (dtype, tuple(shape), begin, end)
+            spans.append((begin, end, name))
+        spans.sort()
+        for (b1, e1, n1), (b2, e2, n2) in zip(spans, spans[1:]):
+            if b2 < e1:
+                raise InputError(f"tensors {n1!r} and {n2!r} overlap in the data section", path=path)
+
+    def tensor(self, name: str) -> Tensor:
+        dtype, shape, begin, end = self.entries[name]
+        mm, start, path = self.mm, self.data_start + begin, self.path
+
+        def load() -> np.ndarray:
+            count = (end - begin) // dtype.type_size
+            arr = np.frombuffer(mm, dtype=dtype.numpy, count=count, offset=start)
+            return arr.reshape(shape)
+
+        return Tensor(name, shape, dtype, load, origin=str(path))
+
+
+def _apply_aliases(model: Model, meta: dict[str, str], path: Path) -> None:
+    raw = meta.get(ALIASES_KEY)
+    if not raw:
+        return
+    try:
+        aliases = json.loads(raw)
+        assert isinstance(aliases, dict)
+    except (ValueError, AssertionError):
+        raise InputError(f"__metadata__[{ALIASES_KEY!r}] is not a JSON object", path=path) from None
+    for alias, target in aliases.items():
+        t = model.tensors.get(target)
+        if t is not None and alias not in model.tensors:
+            model.tensors[target] = t.replace(aliases=t.aliases + (alias,))
+
+
+def read_safetensors(path: Path) -> Model:
+    """One file or, for an index JSON, all its shards."""
+    model = Model(source=str(path), format="safetensors")
+    if path.name.endswith(INDEX_SUFFIX):
+        index = _read_index(path)
+        shards: dict[str, SafetensorsFile] = {}
+        meta: dict[str, str] = {}
+        for name, shard in index.items():
+            if shard not in shards:
+                shards[shard] = SafetensorsFile(path.parent / shard)
+                meta.update(shards[shard].metadata)
+            f = shards[shard]
+            if name not in f.entries:
+                raise InputError(f"index maps {name!r} to {shard} but that shard has no such tensor", path=path)
+            model.add(f.tensor(name))
+    else:
+        f = SafetensorsFile(path)
+        meta = f.metadata
+        for name in f.entries:
+            model.add(f.tensor(name))
+    model.metadata["safetensors"] = {k: v for k, v in meta.items() if k != ALIASES_KEY}
+    _apply_aliases(model, meta, path)
+    return model
+
+
+def _read_index(path: Path) -> dict[str, str]:
+    try:
+        index = json.loads(path.read_text("utf-8"))
+        weight_map = index["weight_map"]
+        assert isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise InputError("is not a valid safetensors index (needs a 'weight_map' object)", path=path) from None
+    for shard in set(weight_map.values()):
+        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+            raise InputError(f"index names a shard outside its folder: {shard!r}", path=path)
+        if not (path.parent / shard).is_file():
+            raise InputError(f"index names shard {shard} which does not exist", path=path)
+    return weight_map
+
+
+def _header_for(model: Model, tensors: list[Tensor]) -> tuple[bytes, list[int]]:
+    meta = dict(model.metadata.get("safetensors") or {})
+    meta.setdefault("format", "pt")  # transformers refuses safetensors without a known format
+    aliases = {a: t.name for t in tensors for a in t.aliases}
+    if aliases:
+        meta[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
+    header: dict[str, Any] = {"__metadata__": meta}
+    offset = 0
+    sizes = []
+    for t in tensors:
+        if t.dtype.safetensors is None:
+            raise InputError(f"tensor {t.name!r} has dtype {t.dtype}, which safetensors cannot store", path=model.source or None)
+        n = t.nbytes
+        header[t.name] = {"dtype": t.dtype.safetensors, "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+        sizes.append(n)
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # keep the data section 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw, sizes
+
+
+def write_safetensors_file(model: Model, tensors: list[Tensor], path: Path, options: WriteOptions) -> None:
+    """Stream ``tensors`` into one safetensors file: header first, then data in order."""
+    from lmconv.streaming import write_arrays
+
+    header, sizes = _header_for(model, tensors)
+    with open(path, "wb") as fh:
+        fh.write(header)
+        write_arrays(fh, tensors, options)
+
+
+def shard_tensors(tensors: list[Tensor], max_bytes: int) -> list[list[Tensor]]:
+    """Greedy, order-keeping split into shards of at most ``max_bytes`` (a bigger tensor gets its own)."""
+    shards: list[list[Tensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+def write_sharded(model: Model, folder: Path, stem: str, max_bytes: int | None, options: WriteOptions) -> list[Path]:
+    """``{stem}.safetensors`` or ``{stem}-0000i-of-0000n.safetensors`` + ``{stem}.safetensors.index.json``."""
+    tensors = list(model)
+    groups = shard_tensors(tensors, max_bytes) if max_bytes else [tensors]
+    if len(groups) == 1:
+        path = folder / f"{stem}.safetensors"
+        write_safetensors_file(model, tensors, path, options)
+        return [path]
+    produced = []
+    weight_map: dict[str, str] = {}
+    for i, group in enumerate(groups, 1):
+        name = f"{stem}-{i:05d}-of-{len(groups):05d}.safetensors"
+        write_safetensors_file(model, group, folder / name, options)
+        produced.append(folder / name)
+        for t in group:
+            weight_map[t.name] = name
+            for a in t.aliases:
+                weight_map.setdefault(a, name)
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
+    index_path = folder / f"{stem}{INDEX_SUFFIX}"
+    index_path.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return produced + [index_path]
+
+
+class SafetensorsFormat(Format):
+    name = "safetensors"
+    extensions = (".safetensors", INDEX_SUFFIX)
+    description = "safetensors (single file or sharded with an index), memory-mapped"
+    stores_dtypes = frozenset(d.name for d in dt.PLAIN_DTYPES)
+
+    def sniff(self, path: Path) -> bool:
+        if path.name.endswith(INDEX_SUFFIX):
+            return path.is_file()
+        if not path.is_file():
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        if len(head) < 9:
+            return False
+        (n,) = struct.unpack("<Q", head[:8])
+        return head[8:9] == b"{" and n >= 2
+
+    def read(self, path: Path, options: ReadOptions) -> Model:
+        return read_safetensors(path)
+
+    def output_paths(self, path: Path, options: WriteOptions) -> list[Path]:
+        return [path]
+
+    def write(self, model: Model, path: Path, options: WriteOptions) -> list[Path]:
+        max_shard = options.extra.get("max_shard_size")
+        if max_shard and path.name.endswith(".safetensors"):
+            stem = path.name[: -len(".safetensors")]
+            return write_sharded(model, path.parent, stem, _parse_size(max_shard), options)
+        write_safetensors_file(model, list(model), path, options)
+        return [path]
+
+
+@hookimpl
+def register_formats(register: Any) -> None:
+    register(SafetensorsFormat())
