@@ -44,3 +44,151 @@ class Architecture:
 
     def __repr__(self) -> str:
         return f"<Architecture {self.gguf_arch} {self.hf_architectures}>"
+
+
+# --- a base for families that gguf-py's TensorNameMap knows --------------------------------
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+from .errors import InputError
+
+LayoutFn = Callable[[np.ndarray, dict[str, Any]], np.ndarray]
+
+
+class MappedArchitecture(Architecture):
+    """An architecture whose tensor names come from ``gguf.TensorNameMap``.
+
+    A subclass lists the HF state-dict layout once (``hf_layout``, names with ``{bid}``
+    for the block index) and the layout transforms by HF name suffix
+    (``to_gguf_layout`` / ``from_gguf_layout``). Forward names come from gguf-py's
+    tables (not retyped here); the reverse map is the forward map of ``hf_layout``
+    inverted, so both directions always agree.
+    """
+
+    #: gguf.MODEL_ARCH member name ("LLAMA", "GPT2", "QWEN2")
+    model_arch: str = ""
+    #: HF state-dict names, "{bid}" for the block index
+    hf_layout: tuple[str, ...] = ()
+    #: HF tensors that are buffers, not weights (skipped on the way to GGUF)
+    hf_skip: tuple[str, ...] = ()
+    #: the HF name of the output projection and of the token embedding
+    hf_output: str = "lm_head.weight"
+    hf_embedding: str = ""
+
+    # ---- names -------------------------------------------------------------------
+    def _name_map(self, n_layer: int) -> Any:
+        import gguf
+
+        return gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, self.model_arch), n_layer)
+
+    def n_layer(self, config: dict[str, Any]) -> int:
+        raise NotImplementedError
+
+    def hf_names(self, config: dict[str, Any]) -> list[str]:
+        out = []
+        for tmpl in self.hf_layout:
+            if "{bid}" in tmpl:
+                out += [tmpl.format(bid=i) for i in range(self.n_layer(config))]
+            else:
+                out.append(tmpl)
+        return out
+
+    def gguf_name(self, hf_name: str, n_layer: int) -> str | None:
+        return self._name_map(n_layer).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+
+    def reverse_names(self, config: dict[str, Any]) -> dict[str, str]:
+        """GGUF name → HF name for every tensor this layout can have."""
+        nmap = self._name_map(self.n_layer(config))
+        rev = {}
+        for hf in self.hf_names(config):
+            g = nmap.get_name(hf, try_suffixes=(".weight", ".bias"))
+            if g is not None:
+                rev[g] = hf
+        return rev
+
+    # ---- layouts (override in subclasses) ------------------------------------------------
+    def to_gguf_layout(self, hf_name: str, config: dict[str, Any]) -> LayoutFn | None:
+        return None
+
+    def from_gguf_layout(self, hf_name: str, config: dict[str, Any]) -> LayoutFn | None:
+        return None
+
+    def layout_shape(self, hf_name: str, shape: tuple[int, ...], config: dict[str, Any], forward: bool) -> tuple[int, ...]:
+        """Shape after the layout transform (transposes swap the two axes)."""
+        return shape
+
+    # ---- tensors ---------------------------------------------------------------------
+    def to_gguf_tensors(self, model: Model, warn: Callable[[str], None] = lambda m: None) -> list[Tensor]:
+        config = model.config
+        n_layer = self.n_layer(config)
+        tied = self.is_tied(model)
+        out = []
+        for t in model:
+            names = (t.name,) + t.aliases
+            if any(n.endswith(s) for n in names for s in self.hf_skip):
+                continue
+            if t.name == self.hf_output and tied:
+                continue
+            gname = self.gguf_name(t.name, n_layer)
+            if gname is None:
+                warn(f"tensor {t.name!r} has no GGUF name for {self.gguf_arch}; left out")
+                continue
+            fn = self.to_gguf_layout(t.name, config)
+            shape = self.layout_shape(t.name, t.shape, config, True)
+            if t.undo is not None and t.undo.name == gname:
+                t = t.undo  # read from GGUF with the inverse layout: take the original as it was
+            elif fn is not None:
+                t = t.map(lambda a, fn=fn: fn(a, config), shape=shape)
+            if not tied and self.hf_output in t.aliases:
+                # Untied in the config but one tensor in the file: write both names (llama.cpp needs output).
+                out.append(t.replace(name=gname, aliases=()))
+                out.append(t.replace(name="output.weight", aliases=()))
+                continue
+            out.append(t.replace(name=gname, aliases=()))
+        return out
+
+    def is_tied(self, model: Model) -> bool:
+        """Tied when the output projection is missing or an alias of the embedding."""
+        if self.hf_output in model.tensors:
+            return False
+        emb = model.tensors.get(self.hf_embedding)
+        if emb is not None and self.hf_output in emb.aliases:
+            return True
+        return self.hf_output not in model.tensors
+
+    def from_gguf_tensors(self, tensors: list[Tensor], config: dict[str, Any]) -> list[Tensor]:
+        rev = self.reverse_names(config)
+        out = []
+        for t in tensors:
+            hf = rev.get(t.name)
+            if hf is None:
+                raise InputError(f"tensor {t.name!r} is not part of a {self.gguf_arch} model", path=t.origin or None)
+            fn = self.from_gguf_layout(hf, config)
+            shape = self.layout_shape(hf, t.shape, config, False)
+            original = t
+            if fn is not None:
+                if t.dtype.is_quantized:
+                    from .transforms import dequantize_tensor
+
+                    t = dequantize_tensor(t)
+                t = t.map(lambda a, fn=fn: fn(a, config), shape=shape)
+            out.append(t.replace(name=hf, undo=original))
+        return out
+
+
+def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF → GGUF rotary layout: within each head, interleave the two halves (llama.cpp's permute)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def rope_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The exact inverse of :func:`rope_permute` (GGUF → HF)."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def block_index(name: str) -> int | None:
+    m = re.search(r"\.(\d+)\.", name)
+    return int(m.group(1)) if m else None

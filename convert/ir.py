@@ -30,7 +30,7 @@ class Tensor:
     (``"cast:f16"``, ``"quant:q8_0"``) so verification can pick the right tolerance.
     """
 
-    __slots__ = ("name", "shape", "dtype", "_loader", "aliases", "history", "origin")
+    __slots__ = ("name", "shape", "dtype", "_loader", "aliases", "history", "origin", "undo")
 
     def __init__(
         self,
@@ -42,6 +42,7 @@ class Tensor:
         aliases: tuple[str, ...] = (),
         history: tuple[str, ...] = (),
         origin: str = "",
+        undo: Tensor | None = None,
     ) -> None:
         self.name = name
         self.shape = tuple(int(d) for d in shape)
@@ -50,6 +51,10 @@ class Tensor:
         self.aliases = tuple(aliases)
         self.history = tuple(history)
         self.origin = origin  # the file it comes from, for error messages
+        # When this tensor is a pure layout transform (permute, transpose) of another,
+        # ``undo`` is that other tensor: a writer that would apply the inverse takes it
+        # as it is instead, so GGUF → HF names → GGUF keeps quantised blocks untouched.
+        self.undo = undo
 
     @property
     def nbytes(self) -> int:
@@ -81,7 +86,7 @@ class Tensor:
         """A copy with some attributes changed (the loader keeps pointing at the same source)."""
         kw = {
             "name": self.name, "shape": self.shape, "dtype": self.dtype, "loader": self._loader,
-            "aliases": self.aliases, "history": self.history, "origin": self.origin,
+            "aliases": self.aliases, "history": self.history, "origin": self.origin, "undo": self.undo,
         }
         kw.update(changes)
         return Tensor(kw.pop("name"), kw.pop("shape"), kw.pop("dtype"), kw.pop("loader"), **kw)
@@ -103,6 +108,7 @@ class Tensor:
             dtype=dtype or self.dtype,
             loader=lambda: fn(parent.load()),
             history=self.history + ((note,) if note else ()),
+            undo=None,
         )
 
     def cast(self, dtype: DType) -> Tensor:

@@ -54,7 +54,8 @@ def manifest(model: Model) -> dict[str, Any]:
     tensors = []
     params = 0
     for t in model:
-        tensors.append({"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name, "bytes": t.nbytes, "aliases": list(t.aliases)})
+        stored = t.undo if t.undo is not None and t.undo.shape == t.shape else t  # what the file holds
+        tensors.append({"name": t.name, "shape": list(t.shape), "dtype": stored.dtype.name, "bytes": stored.nbytes, "aliases": list(t.aliases)})
         params += t.numel
     meta = {k: v for k, v in model.metadata.items() if _jsonable(v)}
     return {

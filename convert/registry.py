@@ -30,6 +30,10 @@ _BUILTINS_FALLBACK = {
     "safetensors": "lmconv.plugins.safetensors_format",
     "pytorch": "lmconv.plugins.pytorch_format",
     "hf": "lmconv.plugins.hf_directory",
+    "gguf": "lmconv.plugins.gguf.format",
+    "quantizers": "lmconv.plugins.quantizers.builtin",
+    "arch_llama": "lmconv.plugins.arch_llama",
+    "arch_gpt2": "lmconv.plugins.arch_gpt2",
 }
 
 

@@ -16,7 +16,9 @@ from lmconv.formats import Format, ReadOptions, WriteOptions
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model
 
-from .safetensors_format import _parse_size, read_safetensors, write_sharded
+from lmconv.units import parse_size
+
+from .safetensors_format import read_safetensors, write_sharded
 
 WEIGHT_CANDIDATES = (
     "model.safetensors.index.json", "model.safetensors",
@@ -64,7 +66,7 @@ class HFDirectoryFormat(Format):
         for name, data in companion_files(model).items():
             (path / name).write_bytes(data)
         shard = options.extra.get("max_shard_size") or DEFAULT_SHARD
-        write_sharded(model, path, "model", _parse_size(shard), options)
+        write_sharded(model, path, "model", parse_size(shard, option='--max-shard-size'), options)
         return [path]
 
 

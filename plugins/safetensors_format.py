@@ -23,21 +23,11 @@ from lmconv.errors import InputError
 from lmconv.formats import Format, ReadOptions, WriteOptions
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor
+from lmconv.units import parse_size
 
 MAX_HEADER = 100 * 1024 * 1024  # the limit the reference implementation enforces
 ALIASES_KEY = "lmconv.aliases"
 INDEX_SUFFIX = ".safetensors.index.json"
-
-
-def _parse_size(text: str) -> int:
-    units = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
-             "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "T": 1000**4, "TB": 1000**4}
-    t = str(text).strip().upper()
-    num = t.rstrip("KMGTIB")
-    unit = t[len(num):]
-    if not num or unit not in units:
-        raise ValueError(text)
-    return int(float(num) * units[unit])
 
 
 class SafetensorsFile:
@@ -263,7 +253,7 @@ class SafetensorsFormat(Format):
         max_shard = options.extra.get("max_shard_size")
         if max_shard and path.name.endswith(".safetensors"):
             stem = path.name[: -len(".safetensors")]
-            return write_sharded(model, path.parent, stem, _parse_size(max_shard), options)
+            return write_sharded(model, path.parent, stem, parse_size(max_shard, option='--max-shard-size'), options)
         write_safetensors_file(model, list(model), path, options)
         return [path]
 

@@ -1,0 +1,353 @@
+"""GGUF in and out, on top of gguf-py's reader and writer.
+
+Writing: the architecture plugin renames and re-lays-out tensors, :mod:`.types`
+picks a type per tensor, and tensors are computed (cast or quantised) on worker
+threads and streamed into gguf-py's writer one at a time. Reading: gguf-py's
+memory-mapped reader gives descriptors; the architecture plugin maps names and
+layouts back to Hugging Face's, and quantised tensors stay quantised until a
+writer that cannot hold blocks asks for floats.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmconv import dtypes as dt
+from lmconv.errors import InputError, UsageError
+from lmconv.formats import Format, ReadOptions, WriteOptions
+from lmconv.hookspecs import hookimpl
+from lmconv.ir import Model, Tensor, Tokenizer
+from lmconv.registry import get_registry
+from lmconv.streaming import default_workers, iter_loaded
+from lmconv.units import parse_size
+
+from . import types as gtypes
+
+GGUF_MAGIC = b"GGUF"
+HF_CONFIG_KEY = "lmconv.hf_config"  # the source config.json, so GGUF → HF gives it back exactly
+SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
+# general.* keys that describe the model rather than this file: carried from a GGUF source.
+CARRIED_GENERAL = ("general.name", "general.author", "general.version", "general.organization", "general.basename",
+                   "general.finetune", "general.description", "general.license", "general.license.name",
+                   "general.license.link", "general.url", "general.repo_url", "general.size_label", "general.tags",
+                   "general.languages")
+
+
+# ----------------------------------------------------------------------------------- writing
+def _kv_type(key: str, value: Any) -> tuple[Any, Any]:
+    """The GGUF value type (and array element type) gguf-py and llama.cpp expect for a Python value."""
+    from gguf import GGUFValueType as T
+
+    if isinstance(value, bool):
+        return T.BOOL, None
+    if isinstance(value, (int, np.integer)):
+        return (T.UINT32, None) if 0 <= value < 2**32 else (T.INT64, None) if value < 0 else (T.UINT64, None)
+    if isinstance(value, (float, np.floating)):
+        return T.FLOAT32, None
+    if isinstance(value, str):
+        return T.STRING, None
+    if isinstance(value, (list, tuple)):
+        if key.endswith(".token_type"):
+            return T.ARRAY, T.INT32
+        if not value:
+            return T.ARRAY, T.INT32
+        first = value[0]
+        if isinstance(first, str):
+            return T.ARRAY, T.STRING
+        if isinstance(first, bool):
+            return T.ARRAY, T.BOOL
+        if isinstance(first, (float, np.floating)):
+            return T.ARRAY, T.FLOAT32
+        if isinstance(first, (int, np.integer)):
+            return T.ARRAY, T.INT32 if all(-(2**31) <= v < 2**31 for v in value) else T.INT64
+    raise UsageError(f"metadata key {key!r} has a value lmconv cannot store in GGUF ({type(value).__name__})")
+
+
+def _add_kv(writer: Any, key: str, value: Any, typed: dict[str, tuple[int, int | None]] | None = None) -> None:
+    from gguf import GGUFValueType as T
+
+    if typed and key in typed:
+        vtype, sub = typed[key]
+        vt = T(vtype)
+        st = T(sub) if sub is not None else None
+        if vt == T.ARRAY and st is None:
+            vt, st = _kv_type(key, value)
+    else:
+        vt, st = _kv_type(key, value)
+    if vt == T.ARRAY:
+        value = list(value)
+    writer.add_key_value(key, value, vt, sub_type=st)
+
+
+def _convert_fn(src: dt.DType, target: dt.DType, warn: Any, name: str) -> Any:
+    """array of ``src`` → array of ``target`` (cast, dequantise, quantise), or None when equal."""
+    if src == target:
+        return None
+    reg = get_registry()
+    if src.is_quantized:
+        from gguf import quants
+
+        warn(f"{name}: re-quantising {src.name} → {target.name} compounds quantisation error")
+        to_f32 = lambda a: quants.dequantize(a, src.ggml)  # noqa: E731
+    else:
+        to_f32 = lambda a: a.astype(np.float32, copy=False)  # noqa: E731
+    if target.is_quantized:
+        q = reg.quantizer(target.name)
+        return lambda a: q.quantize(to_f32(a))
+    if target.kind == "float":
+        np_t = target.numpy
+        return lambda a: to_f32(a).astype(np_t) if src.is_quantized else a.astype(np_t)
+    raise UsageError(f"{name}: cannot convert {src.name} to {target.name}")
+
+
+def tokenizer_kv(model: Model, pre: str | None, warn: Any) -> dict[str, Any]:
+    tok = model.tokenizer
+    if tok.fields:
+        fields = dict(tok.fields)
+        if pre:
+            fields["tokenizer.ggml.pre"] = pre
+        return fields
+    if tok.files:
+        from .tokenizer_bridge import hf_to_gguf
+
+        return hf_to_gguf(tok.files, model.config, pre_tokenizer=pre, path_for_errors=model.source)
+    warn("the model has no tokenizer; llama.cpp needs one to run it (put tokenizer.json beside the weights)")
+    return {}
+
+
+def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
+    import gguf
+
+    reg = get_registry()
+    warn = options.warn
+    arch = reg.architecture_for(model.architecture)
+    if arch is not None:
+        tensors = arch.to_gguf_tensors(model, warn)
+        arch_name = arch.gguf_arch
+        arch_kv = arch.config_to_gguf(model.config)
+        nmap = arch._name_map(arch.n_layer(model.config)) if hasattr(arch, "_name_map") else None
+    else:
+        src_kv = model.metadata.get("gguf") or {}
+        arch_name = src_kv.get("general.architecture") or model.config.get("model_type") or "unknown"
+        warn(f"architecture {model.architecture or arch_name!r} is not known to lmconv: tensors keep their names "
+             f"in a generic GGUF that llama.cpp will not run")
+        tensors = [t.replace(aliases=()) for t in model]
+        arch_kv = {k: v for k, v in src_kv.items() if k.startswith(f"{arch_name}.")}
+        nmap = None
+
+    def tensor_type_of(name: str) -> Any:
+        if nmap is None:
+            return None
+        found = nmap.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
+        return found[0] if found else None
+
+    quant = reg.quantizer(options.quant) if options.quant else None
+    cfg = model.config
+    context = {
+        "arch": arch_name,
+        "n_layer": arch.n_layer(cfg) if arch is not None else 0,
+        "n_head": int(cfg.get("num_attention_heads") or cfg.get("n_head") or 0),
+        "n_head_kv": int(cfg.get("num_key_value_heads") or cfg.get("num_attention_heads") or cfg.get("n_head") or 0),
+        **{k: options.extra[k] for k in ("pure", "output_tensor_type", "token_embedding_type", "leave_output_tensor",
+                                         "tensor_type_overrides") if k in options.extra},
+    }
+    plan = gtypes.plan_types(tensors, quant=quant, cast=options.dtype, context=context,
+                             tensor_type_of=tensor_type_of, warn=warn)
+    out: list[Tensor] = []
+    for t in tensors:
+        target = plan.get(t.name, t.dtype)
+        fn = _convert_fn(t.dtype, target, warn, t.name)
+        if fn is not None:
+            note = f"quant:{target.name}" if target.is_quantized else f"cast:{target.name}"
+            t = t.map(fn, dtype=target, note=note)
+        out.append(t)
+
+    split = parse_size(options.extra["split_max_size"], option="--split-max-size") if options.extra.get("split_max_size") else 0
+    writer = gguf.GGUFWriter(path, arch_name, split_max_size=split)
+    src_kv = model.metadata.get("gguf") or {}
+    typed = model.metadata.get("gguf.types") or {}
+    name = cfg.get("_name_or_path") or src_kv.get("general.name") or Path(model.source.rstrip("/")).name.split(".")[0]
+    writer.add_name(str(name) or "model")
+    for key in CARRIED_GENERAL[1:]:
+        if key in src_kv:
+            _add_kv(writer, key, src_kv[key], typed)
+    writer.add_file_type(gtypes.file_type(plan, options.quant))
+    if any(d.is_quantized for d in plan.values()):
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for key, value in arch_kv.items():
+        _add_kv(writer, key, value, typed)
+    if cfg:
+        writer.add_string(HF_CONFIG_KEY, json.dumps(cfg, sort_keys=True, ensure_ascii=False))
+    for key, value in tokenizer_kv(model, options.extra.get("pre_tokenizer"), warn).items():
+        _add_kv(writer, key, value, typed)
+
+    for t in out:
+        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.dtype.ggml)
+    if split and len(writer.tensors) == 1:
+        warn(f"the whole model fits in one {options.extra['split_max_size']} split; writing one file")
+    produced = writer.format_shard_names(path)
+    try:
+        writer.write_header_to_file(path)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t, arr in iter_loaded(out, workers=default_workers(), window=default_workers() + 1):
+            if t.dtype.is_quantized and arr.dtype != np.uint8:
+                arr = arr.view(np.uint8)
+            writer.write_tensor_data(np.ascontiguousarray(arr))
+            options.progress(t.nbytes)
+    finally:
+        writer.close()
+    return produced
+
+
+# ----------------------------------------------------------------------------------- reading
+def _open_reader(path: Path) -> Any:
+    from gguf import GGUFReader
+
+    from .validate import check_gguf_header
+
+    check_gguf_header(path)
+    try:
+        return GGUFReader(path)
+    except MemoryError:
+        raise InputError("claims more memory than exists (corrupt or hostile header)", path=path) from None
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"is not a valid GGUF file ({' '.join(str(exc).split())[:160]})", path=path) from None
+
+
+def _field_values(reader: Any, path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, int | None]]]:
+    kv: dict[str, Any] = {}
+    types: dict[str, tuple[int, int | None]] = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        try:
+            value = field.contents()
+        except (ValueError, IndexError, UnicodeDecodeError) as exc:
+            raise InputError(f"metadata key {key!r} is unreadable ({exc})", path=path) from None
+        kv[key] = value
+        types[key] = (int(field.types[0]), int(field.types[-1]) if len(field.types) > 1 else None)
+    return kv, types
+
+
+def _split_paths(path: Path, kv: dict[str, Any]) -> list[Path]:
+    count = int(kv.get("split.count", 1) or 1)
+    if count <= 1:
+        return [path]
+    m = SPLIT_RE.match(path.name)
+    if not m:
+        raise InputError(f"is split {count} ways but its name does not follow NAME-0000i-of-0000n.gguf", path=path)
+    paths = [path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    for p in paths:
+        if not p.is_file():
+            raise InputError(f"split part {p.name} is missing", path=path)
+    return paths
+
+
+def _tensor_of(rt: Any, path: Path) -> Tensor:
+    try:
+        d = dt.from_ggml(int(rt.tensor_type))
+    except (KeyError, ValueError):
+        raise InputError(f"tensor {rt.name!r} has unknown GGML type {int(rt.tensor_type)}", path=path) from None
+    shape = tuple(int(x) for x in reversed(list(rt.shape)))
+    data = rt.data
+
+    def load() -> np.ndarray:
+        arr = data
+        if d.numpy is not None and arr.dtype != d.numpy:
+            arr = arr.view(d.numpy)
+        return arr.reshape(d.storage_shape(shape))
+
+    return Tensor(str(rt.name), shape, d, load, origin=str(path))
+
+
+def read_gguf(path: Path, options: ReadOptions) -> Model:
+    first = _open_reader(path)
+    kv, types = _field_values(first, path)
+    parts = _split_paths(path, kv)
+    m = SPLIT_RE.match(path.name)
+    if len(parts) > 1 and m and int(m["i"]) != 1:
+        return read_gguf(parts[0], options)
+    readers = [first] + [_open_reader(p) for p in parts[1:]]
+    raw: list[Tensor] = []
+    seen: set[str] = set()
+    for reader, p in zip(readers, parts):
+        for rt in reader.tensors:
+            if rt.name in seen:
+                raise InputError(f"duplicate tensor name {rt.name!r}", path=p)
+            seen.add(rt.name)
+            raw.append(_tensor_of(rt, p))
+
+    reg = get_registry()
+    arch_name = kv.get("general.architecture")
+    arch = reg.gguf_architectures.get(arch_name) if isinstance(arch_name, str) else None
+    tok_fields = {k: v for k, v in kv.items() if k.startswith("tokenizer.")}
+    config: dict[str, Any] = {}
+    stored = kv.get(HF_CONFIG_KEY)
+    if isinstance(stored, str):
+        try:
+            config = json.loads(stored)
+        except ValueError:
+            config = {}
+    model = Model(source=str(path), format="gguf", tokenizer=Tokenizer(fields=tok_fields))
+    if arch is not None:
+        derived = arch.gguf_to_config(kv)
+        tokens = tok_fields.get("tokenizer.ggml.tokens")
+        derived.setdefault("vocab_size", len(tokens) if isinstance(tokens, list) else None)
+        for key, field in (("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id"),
+                           ("pad_token_id", "tokenizer.ggml.padding_token_id")):
+            if field in tok_fields:
+                derived[key] = int(tok_fields[field])
+        derived["tie_word_embeddings"] = not any(t.name == "output.weight" for t in raw)
+        derived["torch_dtype"] = "float32"
+        if config.get("architectures") != derived["architectures"]:
+            config = derived
+        try:
+            tensors = arch.from_gguf_tensors(raw, config)
+        except KeyError as exc:
+            raise InputError(f"metadata lacks {exc} needed for a {arch_name} model", path=path) from None
+    else:
+        options.warn(f"GGUF architecture {arch_name!r} is not known to lmconv; tensors keep their GGUF names")
+        tensors = raw
+    for t in tensors:
+        model.add(t)
+    model.config = config
+    model.metadata["gguf"] = {k: v for k, v in kv.items() if not k.startswith("tokenizer.") and k != HF_CONFIG_KEY}
+    model.metadata["gguf.types"] = types
+    if len(parts) > 1:
+        model.metadata["gguf.splits"] = [str(p) for p in parts]
+    return model
+
+
+# ----------------------------------------------------------------------------------- the format
+class GGUFFormat(Format):
+    name = "gguf"
+    extensions = (".gguf",)
+    description = "GGUF for llama.cpp (f32/f16/bf16 and quantised blocks; split files)"
+    stores_quantized = True
+    self_describing = True
+
+    def sniff(self, path: Path) -> bool:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as fh:
+            return fh.read(4) == GGUF_MAGIC
+
+    def read(self, path: Path, options: ReadOptions) -> Model:
+        return read_gguf(path, options)
+
+    def prepare(self, model: Model, options: WriteOptions) -> Model:
+        return model  # the writer picks a type per tensor itself (see types.py)
+
+    def write(self, model: Model, path: Path, options: WriteOptions) -> list[Path]:
+        return write_gguf(model, path, options)
+
+
+@hookimpl
+def register_formats(register: Any) -> None:
+    register(GGUFFormat())
