@@ -30,7 +30,7 @@ class Tensor:
     (``"cast:f16"``, ``"quant:q8_0"``) so verification can pick the right tolerance.
     """
 
-    __slots__ = ("name", "shape", "dtype", "_loader", "aliases", "history", "origin", "undo")
+    __slots__ = ("name", "shape", "dtype", "_loader", "aliases", "history", "origin", "undo", "_release")
 
     def __init__(
         self,
@@ -43,6 +43,7 @@ class Tensor:
         history: tuple[str, ...] = (),
         origin: str = "",
         undo: Tensor | None = None,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.shape = tuple(int(d) for d in shape)
@@ -55,6 +56,10 @@ class Tensor:
         # ``undo`` is that other tensor: a writer that would apply the inverse takes it
         # as it is instead, so GGUF → HF names → GGUF keeps quantised blocks untouched.
         self.undo = undo
+        # Called by a writer once it is done with this tensor's array: memory-mapped
+        # readers drop the pages from this process (the page cache keeps them), so
+        # RSS stays bounded by the tensors in flight, not by the size of the model.
+        self._release = release
 
     @property
     def nbytes(self) -> int:
@@ -82,11 +87,17 @@ class Tensor:
                 )
         return arr
 
+    def release(self) -> None:
+        """Tell the source this tensor's data is no longer needed (see ``__init__``)."""
+        if self._release is not None:
+            self._release()
+
     def replace(self, **changes: Any) -> Tensor:
         """A copy with some attributes changed (the loader keeps pointing at the same source)."""
         kw = {
             "name": self.name, "shape": self.shape, "dtype": self.dtype, "loader": self._loader,
             "aliases": self.aliases, "history": self.history, "origin": self.origin, "undo": self.undo,
+            "release": self._release,
         }
         kw.update(changes)
         return Tensor(kw.pop("name"), kw.pop("shape"), kw.pop("dtype"), kw.pop("loader"), **kw)
@@ -109,6 +120,7 @@ class Tensor:
             loader=lambda: fn(parent.load()),
             history=self.history + ((note,) if note else ()),
             undo=None,
+            release=parent.release,
         )
 
     def cast(self, dtype: DType) -> Tensor:

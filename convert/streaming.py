@@ -59,6 +59,8 @@ def write_array(fh: IO[bytes], arr: np.ndarray) -> int:
 def write_arrays(fh: IO[bytes], tensors: list[Tensor], options: WriteOptions, *, align: int = 1) -> None:
     for t, arr in iter_loaded(tensors):
         n = write_array(fh, arr)
+        del arr
+        t.release()
         if align > 1 and n % align:
             fh.write(b"\0" * (-n % align))
         options.progress(n)

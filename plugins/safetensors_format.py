@@ -25,6 +25,8 @@ from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor
 from lmconv.units import parse_size
 
+from lmconv.mapping import drop_pages
+
 MAX_HEADER = 100 * 1024 * 1024  # the limit the reference implementation enforces
 ALIASES_KEY = "lmconv.aliases"
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -99,7 +101,7 @@ class SafetensorsFile:
             arr = np.frombuffer(mm, dtype=dtype.numpy, count=count, offset=start)
             return arr.reshape(shape)
 
-        return Tensor(name, shape, dtype, load, origin=str(path))
+        return Tensor(name, shape, dtype, load, origin=str(path), release=lambda: drop_pages(mm, start, end - begin))
 
 
 def _apply_aliases(model: Model, meta: dict[str, str], path: Path) -> None:

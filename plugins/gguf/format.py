@@ -22,6 +22,7 @@ from lmconv.errors import InputError, UsageError
 from lmconv.formats import Format, ReadOptions, WriteOptions
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor, Tokenizer
+from lmconv.mapping import drop_pages
 from lmconv.registry import get_registry
 from lmconv.streaming import default_workers, iter_loaded
 from lmconv.units import parse_size
@@ -199,6 +200,8 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
             if t.dtype.is_quantized and arr.dtype != np.uint8:
                 arr = arr.view(np.uint8)
             writer.write_tensor_data(np.ascontiguousarray(arr))
+            del arr
+            t.release()
             options.progress(t.nbytes)
     finally:
         writer.close()
@@ -249,7 +252,7 @@ def _split_paths(path: Path, kv: dict[str, Any]) -> list[Path]:
     return paths
 
 
-def _tensor_of(rt: Any, path: Path) -> Tensor:
+def _tensor_of(rt: Any, path: Path, mm: Any) -> Tensor:
     try:
         d = dt.from_ggml(int(rt.tensor_type))
     except (KeyError, ValueError):
@@ -263,7 +266,9 @@ def _tensor_of(rt: Any, path: Path) -> Tensor:
             arr = arr.view(d.numpy)
         return arr.reshape(d.storage_shape(shape))
 
-    return Tensor(str(rt.name), shape, d, load, origin=str(path))
+    offset, nbytes = int(rt.data_offset), int(rt.n_bytes)
+    release = (lambda: drop_pages(mm, offset, nbytes)) if mm is not None else None
+    return Tensor(str(rt.name), shape, d, load, origin=str(path), release=release)
 
 
 def read_gguf(path: Path, options: ReadOptions) -> Model:
@@ -281,7 +286,7 @@ def read_gguf(path: Path, options: ReadOptions) -> Model:
             if rt.name in seen:
                 raise InputError(f"duplicate tensor name {rt.name!r}", path=p)
             seen.add(rt.name)
-            raw.append(_tensor_of(rt, p))
+            raw.append(_tensor_of(rt, p, getattr(reader.data, "_mmap", None)))
 
     reg = get_registry()
     arch_name = kv.get("general.architecture")
