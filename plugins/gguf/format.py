@@ -72,6 +72,9 @@ def _kv_type(key: str, value: Any) -> tuple[Any, Any]:
 def _add_kv(writer: Any, key: str, value: Any, typed: dict[str, tuple[int, int | None]] | None = None) -> None:
     from gguf import GGUFValueType as T
 
+    if isinstance(value, (list, tuple)) and not value:
+        return  # GGUF has no empty arrays; an absent key means the same to llama.cpp
+
     if typed and key in typed:
         vtype, sub = typed[key]
         vt = T(vtype)
