@@ -150,7 +150,7 @@ def convert(
         if not cast_to.is_float:
             raise UsageError(f"--dtype {dtype} is not a floating type; for block types use --quant")
     if quant:
-        get_registry().quantizer(quant)  # unknown names fail before any work
+        get_registry().quant_policy(quant)  # unknown names fail before any work
     wopts = WriteOptions(dtype=cast_to, quant=quant, extra=dict(extra or {}), progress=progress, warn=_warn)
 
     if _same_file(src_path, dst_path) or src_path.resolve() == dst_path.resolve():

@@ -74,11 +74,22 @@ class Registry:
         return sorted(set(self.quantizers) | set(self.presets))
 
     def quantizer(self, name: str) -> Any:
+        """The kernel for one block or float type (q8_0, q4_K, f16 …), case-insensitive."""
         key = name.lower()
-        for table in (self.quantizers, self.presets):
-            for k, v in table.items():
-                if k.lower() == key:
-                    return v
+        for k, v in self.quantizers.items():
+            if k.lower() == key:
+                return v
+        raise UsageError(f"unknown quantisation type {name!r}; valid: {', '.join(sorted(self.quantizers))}")
+
+    def quant_policy(self, name: str) -> Any:
+        """What ``--quant NAME`` means: a preset (a per-tensor mixture, as llama-quantize's file
+        types are) when one has that name, else a single type applied to every quantisable tensor."""
+        key = name.lower()
+        if key in self.presets:
+            return self.presets[key]
+        for k, v in self.quantizers.items():
+            if k.lower() == key:
+                return v
         raise UsageError(f"unknown quantisation type {name!r}; valid: {', '.join(self.quant_names())}")
 
     # --- registration -----------------------------------------------------------------

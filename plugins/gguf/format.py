@@ -150,7 +150,7 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
         found = nmap.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
         return found[0] if found else None
 
-    quant = reg.quantizer(options.quant) if options.quant else None
+    quant = reg.quant_policy(options.quant) if options.quant else None
     cfg = model.config
     context = {
         "arch": arch_name,

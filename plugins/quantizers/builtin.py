@@ -7,14 +7,19 @@ llama-quantize presets (q4_k_m …) from :mod:`lmconv.plugins.quantizers.presets
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Sequence
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 
 from lmconv import dtypes as dt
 from lmconv.hookspecs import hookimpl
-from lmconv.quantizers import Quantizer
+from lmconv.errors import UsageError
+from lmconv.quantizers import Preset, Quantizer, TensorChoice
+
+from .kquants import KQUANTIZERS
+from .presets import PRESETS, choose_tensor_types
 
 GGUF_PY_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 
@@ -57,16 +62,16 @@ def _kquant(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> Quantizer:
 def register_quantizers(register: Any) -> None:
     for name in GGUF_PY_TYPES:
         register(_gguf_py(name))
+    for name, fn in KQUANTIZERS.items():
+        register(_kquant(name, fn))
+    for preset in PRESETS.values():
+        register(Preset(name=preset.name, base=preset.base.lower(), choose=partial(_choose, preset.name),
+                        description=preset.description))
+
+
+def _choose(preset: str, tensors: Sequence[TensorChoice], **context: Any) -> dict[str, str]:
+    """llama-quantize's per-tensor choice for ``preset`` (see presets.py), as lmconv dtype names."""
     try:
-        kq = importlib.import_module("lmconv.plugins.quantizers.kquants")
-    except ImportError:
-        kq = None
-    if kq is not None:
-        for name, fn in getattr(kq, "KQUANTIZERS", {}).items():
-            register(_kquant(name, fn))
-    try:
-        presets = importlib.import_module("lmconv.plugins.quantizers.presets")
-    except ImportError:
-        presets = None
-    if presets is not None and hasattr(presets, "register_presets"):
-        presets.register_presets(register)
+        return choose_tensor_types(tensors, preset, **context)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

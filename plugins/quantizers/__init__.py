@@ -1,0 +1,1 @@
+"""Quantiser plugins: gguf-py's numpy quantisers and lmconv's byte-exact K-quants."""

@@ -1,0 +1,770 @@
+"""K-quant quantisers (Q2_K … Q6_K) in numpy, byte-identical to llama.cpp's reference code.
+
+Why byte-identical and not merely "close": a GGUF written by lmconv should be the
+file ``llama-quantize`` would have written, so that users can diff, cache and
+trust it, and so that our tests can compare bytes instead of error budgets.
+The reference is ``quantize_row_qN_K_ref`` in ggml's ``ggml-quants.c`` (the path
+``ggml_quantize_chunk`` takes when no importance matrix is given).
+
+How it stays exact while running over whole tensors at once:
+
+* Every value is a ``np.float32`` and every operation is the same IEEE single
+  operation, in the same order, that the C code does (ggml-base is built
+  without FMA contraction or fast-math, so C does one rounding per operator).
+* C accumulates sums left to right (``s = 0; s += a[i]``). numpy's ``sum``
+  is pairwise, so instead the data of a chunk are laid out *element-major*:
+  an array ``(n, S)`` whose row ``i`` holds element ``i`` of each of ``S``
+  sub-blocks. A sum is then ``n`` row additions, each one vectorised across
+  all sub-blocks and done in C's order.
+* ``nearest_int`` adds 1.5·2²³ and reads the mantissa bits. For
+  ``|f| <= 4194303`` that is round-half-to-even, i.e. ``np.rint``; we take that
+  fast path only when a per-sub-block bound proves every element is in range,
+  and otherwise do the same bit trick as C (which also gives C's results for
+  inf, NaN and huge values).
+* A scale search keeps the *scale factor* of the best step, not the levels: the
+  levels are a pure function of it, so they are recomputed once at the end.
+* fp16 conversion is numpy's float32→float16 cast (round-to-nearest-even, the
+  same as ggml's ``GGML_FP32_TO_FP16``), with NaN spelt as ggml spells it.
+
+Finite values of any magnitude are exact, subnormals and values near the
+float32 limit included (overflow to inf inside the sums is replayed), and so are
+±inf and the ordinary quiet NaNs (C's comparison order with NaN is mirrored).
+Only NaNs carrying a custom payload are not promised: which operand's payload
+survives an x86 operation depends on the operand order the compiler picked.
+
+Dequantisation is gguf-py's ``gguf.quants.dequantize``; the bytes returned here
+are laid out as ``gguf.quants.quant_shape_to_byte_shape`` expects.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = [
+    "QK_K",
+    "TYPE_SIZES",
+    "KQUANTIZERS",
+    "quantize_q2_K",
+    "quantize_q3_K",
+    "quantize_q4_K",
+    "quantize_q5_K",
+    "quantize_q6_K",
+]
+
+QK_K = 256
+"""Elements in one K-quant super-block."""
+
+TYPE_SIZES: dict[str, int] = {"q2_K": 84, "q3_K": 110, "q4_K": 144, "q5_K": 176, "q6_K": 210}
+"""Bytes per super-block (``sizeof(block_qN_K)`` in ggml-common.h)."""
+
+CHUNK_BLOCKS = 1024
+"""Super-blocks processed together: bounds the temporaries (a few MB each) while
+keeping numpy's per-call overhead small against the work per call."""
+
+_f32 = np.float32
+_MAGIC = _f32(12582912.0)  # 1.5 * 2**23, nearest_int's rounding constant
+_SAFE = 4194303.0  # nearest_int's documented input range; rint agrees inside it
+_GROUP_MAX_EPS = _f32(1e-15)
+_ZERO = _f32(0.0)
+
+
+# --------------------------------------------------------------------------- helpers
+
+_scratch = threading.local()
+
+
+def _buf(key: str, like: np.ndarray | tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """An uninitialised scratch array, reused from chunk to chunk of one quantise call.
+
+    Why: the per-chunk temporaries are megabytes, and glibc may hand such blocks
+    back to the OS when they are freed, so fresh arrays can page-fault again on
+    every chunk. Outside :func:`_run` (no pool installed) this is a plain
+    ``np.empty``. ``key`` names one use; two arrays alive at once need two keys.
+    """
+    shape = like.shape if isinstance(like, np.ndarray) else like
+    pool: dict[str, np.ndarray] | None = getattr(_scratch, "pool", None)
+    n = 1
+    for d in shape:
+        n *= int(d)
+    if pool is None:
+        return np.empty(shape, dtype)
+    b = pool.get(key)
+    if b is None or b.dtype != dtype or b.size < n:
+        b = np.empty(n, dtype)
+        pool[key] = b
+    return b[:n].reshape(shape)
+
+
+def _nearest_int(f: np.ndarray) -> np.ndarray:
+    """ggml's ``nearest_int`` for any float32 input (int32 out), bit for bit."""
+    v = (np.asarray(f, dtype=_f32) + _MAGIC).view(np.int32)
+    v &= 0x7FFFFF
+    v -= 0x400000
+    return v
+
+
+def _clip(a: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """In-place clamp (``np.clip`` adds noticeable per-call overhead on small int arrays)."""
+    np.maximum(a, a.dtype.type(lo), out=a)
+    np.minimum(a, a.dtype.type(hi), out=a)
+    return a
+
+
+def _round_clamp(f: np.ndarray, lo: int, hi: int, safe: bool) -> np.ndarray:
+    """``MAX(lo, MIN(hi, nearest_int(f)))`` as float32, in place on ``f`` when ``safe``.
+
+    ``safe`` must only be True when every element is known to satisfy
+    ``|f| <= 4194303`` (not NaN): then nearest_int is round-half-even and clamping
+    to integer bounds commutes with rounding.
+    """
+    if safe:
+        _clip(f, lo, hi)
+        np.rint(f, out=f)
+        return f
+    v = _nearest_int(f)
+    _clip(v, lo, hi)
+    return v.astype(_f32)
+
+
+def _is_safe(bound: np.ndarray) -> bool:
+    """True when all per-sub-block magnitude bounds allow the rint fast path (NaN → False)."""
+    return bool(np.all(np.abs(bound) <= _SAFE))
+
+
+def _seqsum(a: np.ndarray, from_zero: bool = True) -> np.ndarray:
+    """Left-to-right float32 sum over axis 0 of an element-major ``(n, S)`` array.
+
+    ``from_zero`` mirrors C's ``float s = 0; for (...) s += a[i];`` (the ``+ 0``
+    only matters for the sign of an all-``-0.0`` sum); without it the sum starts
+    from ``a[0]`` as in ``float s = a[0]; for (i = 1; ...)``.
+    """
+    acc = a[0] + _ZERO if from_zero else a[0].copy()
+    for i in range(1, a.shape[0]):
+        np.add(acc, a[i], out=acc)
+    return acc
+
+
+def _fp16_bits(v: np.ndarray) -> np.ndarray:
+    """GGML_FP32_TO_FP16 as uint16 bits: round-to-nearest-even, overflow → inf, NaN → ±0x7E00."""
+    v = np.asarray(v, dtype=_f32)
+    bits = v.astype(np.float16).view(np.uint16)
+    nan = np.isnan(v)
+    if nan.any():
+        sign = (v.view(np.uint32) >> 16).astype(np.uint16) & np.uint16(0x8000)
+        bits = np.where(nan, sign | np.uint16(0x7E00), bits)
+    return bits
+
+
+def _fp16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """GGML_FP16_TO_FP32 (exact widening)."""
+    return bits.view(np.float16).astype(_f32)
+
+
+def _element_major(blocks: np.ndarray, n: int) -> np.ndarray:
+    """``(B, 256)`` super-blocks → ``(n, B*256/n)``: row i = element i of every sub-block."""
+    src = blocks.reshape(-1, n).T
+    out = _buf("x", src.shape)
+    np.copyto(out, src)
+    return out
+
+
+def _block_major(lev: np.ndarray, nblocks: int) -> np.ndarray:
+    """Inverse of :func:`_element_major` for the integer levels, as uint8 ``(B, 256)``."""
+    return np.ascontiguousarray(lev.T.astype(np.uint8)).reshape(nblocks, QK_K)
+
+
+def _pack_2bit(L: np.ndarray) -> np.ndarray:
+    """qs[32h + l] = L[128h+l] | L[128h+l+32]<<2 | L[128h+l+64]<<4 | L[128h+l+96]<<6 (q2_K, q3_K)."""
+    Lb = L.reshape(L.shape[0], 2, 4, 32)
+    qs = Lb[:, :, 0, :] | (Lb[:, :, 1, :] << 2) | (Lb[:, :, 2, :] << 4) | (Lb[:, :, 3, :] << 6)
+    return qs.reshape(L.shape[0], 64)
+
+
+def _pack_scales_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The 12 scale bytes of q4_K/q5_K: eight 6-bit scales and eight 6-bit mins (get_scale_min_k4's inverse)."""
+    out = np.empty((ls.shape[0], 12), np.uint8)
+    out[:, 0:4] = ls[:, 0:4] | ((ls[:, 4:8] >> 4) << 6)
+    out[:, 4:8] = lm[:, 0:4] | ((lm[:, 4:8] >> 4) << 6)
+    out[:, 8:12] = (ls[:, 4:8] & 0xF) | ((lm[:, 4:8] & 0xF) << 4)
+    return out
+
+
+def _prepare(rows: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], int]:
+    """Check and flatten ``(..., n)`` rows into ``(nblocks, 256)`` float32 super-blocks."""
+    rows = np.asarray(rows)
+    if rows.ndim == 0:
+        raise ValueError("expected rows of shape (..., n) with n % 256 == 0, got a scalar")
+    n = rows.shape[-1]
+    if n % QK_K:
+        raise ValueError(f"row length {n} is not a multiple of the K-quant block size {QK_K}")
+    x = np.ascontiguousarray(rows, dtype=_f32)
+    return x.reshape(-1, QK_K), rows.shape[:-1], n // QK_K
+
+
+def _run(rows: np.ndarray, name: str, chunk_fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Quantise ``rows`` chunk by chunk of super-blocks with ``chunk_fn`` → uint8 block bytes."""
+    blocks, lead, nb_row = _prepare(rows)
+    ts = TYPE_SIZES[name]
+    out = np.empty((blocks.shape[0], ts), np.uint8)
+    outer = getattr(_scratch, "pool", None)
+    _scratch.pool = {}
+    try:
+        with np.errstate(all="ignore"):  # overflow/NaN are part of the replayed C arithmetic
+            for start in range(0, blocks.shape[0], CHUNK_BLOCKS):
+                stop = min(start + CHUNK_BLOCKS, blocks.shape[0])
+                out[start:stop] = chunk_fn(blocks[start:stop])
+    finally:
+        _scratch.pool = outer
+    return out.reshape(*lead, nb_row * ts)
+
+
+# --------------------------------------------------------------------------- scale searches
+
+
+def _make_qkx2(
+    x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_qkx2_quants`` for every sub-block of an element-major chunk ``x``/``w`` ``(n, S)``.
+
+    Fits ``x ≈ scale·L − the_min`` with levels ``L`` in ``0..nmax``, trying
+    ``nstep+1`` candidate inverse scales and keeping the one with the least
+    weighted error. Returns ``(scale, the_min, L)``, ``L`` float32 ``(n, S)``.
+    """
+    fmax = _f32(nmax)
+    # C: min = max = x[0], then `if (x[i] < min) min = x[i]` (likewise max): later
+    # NaNs never win a comparison, a NaN in x[0] is never replaced
+    xmin = np.fmin.reduce(x, axis=0)
+    mx = np.fmax.reduce(x, axis=0)
+    nan0 = np.isnan(x[0])
+    if nan0.any():
+        xmin[nan0] = x[0, nan0]
+        mx[nan0] = x[0, nan0]
+    x_has_nan = bool(np.isnan(np.add.reduce(x, axis=0)).any())  # NaN elements escape min/max bounds
+    mn = np.minimum(xmin, _ZERO)  # if (min > 0) min = 0
+    sum_w = _seqsum(w, from_zero=False)  # float sum_w = weights[0]; ...
+    tmp = _buf("qkx2.tmp", x)
+    sum_x = _seqsum(np.multiply(w, x, out=tmp), from_zero=False)  # float sum_x = sum_w * x[0]; ...
+    degenerate = mx == mn
+    if degenerate.any():
+        mn = np.where(degenerate, mx - _f32(1), mn)  # any finite stand-in; overwritten below
+
+    def levels(iscale: np.ndarray, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
+        # nearest_int(iscale*(x[i] - min)) clamped to 0..nmax. C's `min` moves during the
+        # search (it becomes the best fit's min), so x - min is not always >= 0.
+        np.subtract(x, shift, out=out)
+        np.multiply(out, iscale, out=out)
+        # every element lies between these two (rounding is monotone; iscale may be < 0)
+        a = iscale * (mx - shift)
+        b = iscale * (xmin - shift)
+        hi = np.maximum(a, b)
+        lo = np.minimum(a, b)
+        if not x_has_nan and _is_safe(hi) and _is_safe(lo):
+            if np.all(hi < fmax + _f32(0.5)) and np.all(lo >= _f32(-0.5)):
+                return np.rint(out, out=out)  # rounds into 0..nmax by itself
+            return _round_clamp(out, 0, nmax, True)
+        out[...] = _round_clamp(out, 0, nmax, False)
+        return out
+
+    def error(scale: np.ndarray, lev: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        # diff = scale*L + min - x ; err += w * (|diff| or diff*diff)
+        np.multiply(lev, scale, out=tmp)
+        np.add(tmp, shift, out=tmp)
+        np.subtract(tmp, x, out=tmp)
+        if use_mad:
+            np.abs(tmp, out=tmp)
+        else:
+            np.multiply(tmp, tmp, out=tmp)
+        np.multiply(tmp, w, out=tmp)
+        return _seqsum(tmp)
+
+    iscale = fmax / (mx - mn)
+    scale = _f32(1) / iscale
+    lev = levels(iscale, mn, _buf("qkx2.lev", x))
+    best_error = error(scale, lev, mn)
+    best_iscale = iscale
+    best_shift = mn  # the min the kept levels were computed against
+    cur_min = mn
+
+    wl = _buf("qkx2.wl", x)
+    prod = _buf("qkx2.prod", x)
+    for step in range(nstep + 1):
+        factor = _f32(_f32(rmin) + _f32(rdelta) * _f32(step)) + fmax
+        isc = factor / (mx - cur_min)
+        lev = levels(isc, cur_min, lev)
+        np.multiply(w, lev, out=wl)
+        sum_l = _seqsum(wl)
+        np.multiply(wl, lev, out=prod)
+        sum_l2 = _seqsum(prod)
+        np.multiply(wl, x, out=prod)
+        sum_xl = _seqsum(prod)
+        D = sum_w * sum_l2 - sum_l * sum_l
+        this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+        pos_min = this_min > 0
+        if pos_min.any():
+            this_min[pos_min] = 0
+            this_scale[pos_min] = sum_xl[pos_min] / sum_l2[pos_min]
+        cur_error = error(this_scale, lev, this_min)
+        better = (D > 0) & (cur_error < best_error)
+        if better.any():
+            best_error = np.where(better, cur_error, best_error)
+            scale = np.where(better, this_scale, scale)
+            best_iscale = np.where(better, isc, best_iscale)
+            best_shift = np.where(better, cur_min, best_shift)
+            cur_min = np.where(better, this_min, cur_min)
+
+    lev = levels(best_iscale, best_shift, lev)
+    if degenerate.any():
+        lev[:, degenerate] = 0
+        scale = np.where(degenerate, _ZERO, scale)
+        cur_min = np.where(degenerate, mx, cur_min)
+    return scale, -cur_min, lev
+
+
+def _abs_max(x: np.ndarray, scratch: bool = False) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Per column: ``(amax, max)`` as C finds them with ``if (fabsf(v) > amax) {amax = fabsf(v); max = v;}``
+    from ``amax = max = 0``: the first largest magnitude, NaNs never chosen, ``(0, 0)`` if none is > 0.
+    Also says whether ``x`` holds any NaN (which ``amax`` then does not bound)."""
+    n = x.shape[0]
+    ax = np.abs(x, out=_buf("absmax.ax", x)) if scratch else np.abs(x)
+    nan = np.isnan(ax, out=_buf("absmax.nan", x, np.bool_)) if scratch else np.isnan(ax)
+    has_nan = bool(nan.any())
+    if has_nan:
+        ax[nan] = 0
+    amax = np.maximum.reduce(ax, axis=0)
+    # first row where |x| == amax: the largest of (n - i) over the rows that reach it
+    eq = np.equal(ax, amax, out=_buf("absmax.nan", x, np.bool_)) if scratch else ax == amax
+    rank = np.multiply(eq, np.arange(n, 0, -1, dtype=np.uint8)[:, None],
+                       out=_buf("absmax.rank", x, np.uint8) if scratch else None)
+    first = (n - np.maximum.reduce(rank, axis=0)).astype(np.intp)
+    mx = np.take_along_axis(x, first[None, :], axis=0)[0]
+    return amax, np.where(amax > 0, mx, _ZERO), has_nan
+
+
+def _make_qx_rmse1(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)`` over an element-major chunk.
+
+    Symmetric levels ``-nmax..nmax-1``; tries 19 inverse scales around ``nmax/max``
+    and keeps the best x²-weighted least-squares fit. Returns ``(scale, L+nmax, amax)``.
+    """
+    amax, mx, has_nan = _abs_max(x, scratch=True)
+    zero = amax < _GROUP_MAX_EPS
+    mxs = np.where(zero, _f32(1), mx)
+    w = np.multiply(x, x, out=_buf("qx.w", x))
+    wx = np.multiply(w, x, out=_buf("qx.wx", x))
+    fmax = _f32(nmax)
+    lev = _buf("qx.lev", x)
+    wl = _buf("qx.wl", x)
+
+    def levels(iscale: np.ndarray) -> np.ndarray:
+        np.multiply(x, iscale, out=lev)
+        return _round_clamp_into(lev, -nmax, nmax - 1, not has_nan and _is_safe(iscale * mxs))
+
+    def sums() -> tuple[np.ndarray, np.ndarray]:
+        np.multiply(wx, lev, out=wl)
+        sumlx = _seqsum(wl)
+        np.multiply(w, lev, out=wl)
+        np.multiply(wl, lev, out=wl)
+        return sumlx, _seqsum(wl)
+
+    iscale = -fmax / mxs
+    levels(iscale)
+    sumlx, suml2 = sums()
+    scale = np.where(suml2 != 0, sumlx / suml2, _ZERO)
+    best = scale * sumlx
+    best_iscale = iscale
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        isc = -(fmax + _f32(0.1) * _f32(step)) / mxs
+        levels(isc)
+        sumlx, suml2 = sums()
+        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        if better.any():
+            scale = np.where(better, sumlx / suml2, scale)
+            best = np.where(better, scale * sumlx, best)
+            best_iscale = np.where(better, isc, best_iscale)
+    levels(best_iscale)
+    lev += fmax
+    if zero.any():
+        lev[:, zero] = 0
+        scale = np.where(zero, _ZERO, scale)
+    return scale, lev, amax
+
+
+def _round_clamp_into(buf: np.ndarray, lo: int, hi: int, safe: bool) -> np.ndarray:
+    """:func:`_round_clamp` whose result always lands in ``buf``."""
+    r = _round_clamp(buf, lo, hi, safe)
+    if r is not buf:
+        buf[...] = r
+    return buf
+
+
+_Q3_BIAS = 0x400000  # nearest_int's mantissa bias: levels are kept as l + bias (see _make_q3)
+
+
+def _q3_candidates(x: np.ndarray, lev_b: np.ndarray, slx: np.ndarray, sl2: np.ndarray,
+                   scratch: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Levels (biased) that make_q3_quants' descent would propose, and whether it may take them.
+
+    ``slx``/``sl2`` are the running sums with the element's own term removed;
+    returns ``(new_b, candidate)`` where candidate = ``slx > 0 and new_l != L``.
+    """
+    q = np.multiply(x, sl2, out=_buf("q3.q", sl2) if scratch else None)
+    np.divide(q, slx, out=q)
+    q += _MAGIC
+    new_b = q.view(np.int32)
+    new_b &= 0x7FFFFF  # nearest_int(q) + bias, for any q (also inf/NaN/huge)
+    _clip(new_b, _Q3_BIAS - 4, _Q3_BIAS + 3)
+    cand = np.not_equal(new_b, lev_b, out=_buf("q3.cand", new_b, np.bool_) if scratch else None)
+    cand &= np.greater(slx, 0, out=_buf("q3.pos", slx, np.bool_) if scratch else None)
+    return new_b, cand
+
+
+def _q3_pass(x: np.ndarray, lev_b: np.ndarray, p1: np.ndarray, p2: np.ndarray,
+             sumlx: np.ndarray, suml2: np.ndarray) -> np.ndarray:
+    """One exact descent pass (elements in order) over the columns given; updates in place.
+
+    ``p1[i] = w*x[i]*L[i]`` and ``p2[i] = w*L[i]*L[i]`` are each element's terms of
+    ``sumlx``/``suml2``, kept so removing an element's term is one subtraction.
+    Returns which sub-blocks changed.
+    """
+    changed = np.zeros(sumlx.shape[0], bool)
+    for i in range(x.shape[0]):
+        slx = sumlx - p1[i]
+        sl2 = suml2 - p2[i]
+        new_b, cand = _q3_candidates(x[i], lev_b[i], slx, sl2)
+        idx = np.flatnonzero(cand)
+        if idx.size == 0:
+            continue
+        nl = (new_b[idx] - _Q3_BIAS).astype(_f32)
+        xi = x[i, idx]
+        wi = xi * xi
+        t1 = (wi * xi) * nl  # slx += w*x[i]*new_l
+        t2 = (wi * nl) * nl  # sl2 += w*new_l*new_l
+        s1 = slx[idx] + t1
+        s2 = sl2[idx] + t2
+        c1, c2 = sumlx[idx], suml2[idx]
+        ok = (s2 > 0) & ((s1 * s1) * c2 > (c1 * c1) * s2)
+        if not ok.any():
+            continue
+        acc = idx[ok]
+        lev_b[i, acc] = new_b[acc]
+        p1[i, acc] = t1[ok]
+        p2[i, acc] = t2[ok]
+        sumlx[acc] = s1[ok]
+        suml2[acc] = s2[ok]
+        changed[acc] = True
+    return changed
+
+
+def _make_q3(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_q3_quants(16, 4, x, L, do_rmse=true)`` over an element-major chunk.
+
+    Start from ``nearest_int(-4/max · x)``, then up to five passes of coordinate
+    descent, each element in turn, accepting a level change when it improves the
+    x²-weighted fit. Level changes are rare, which the vectorisation exploits:
+
+    * a pass is first screened for all sub-blocks at once with the sums as they
+      stand at its start. A sub-block with no candidate there changes nothing
+      in the pass (its sums never move, so the screen *is* the pass), and so
+      nothing in any later pass either: it is finished;
+    * the rest get the exact element-by-element pass, and only those that
+      changed go on to the next one.
+
+    Returns ``(scale, L+4, amax)``.
+    """
+    nmax = 4
+    amax, mx, has_nan = _abs_max(x, scratch=True)
+    zero = amax < _GROUP_MAX_EPS
+    mxs = np.where(zero, _f32(1), mx)
+    iscale = _f32(-nmax) / mxs
+    lev = np.multiply(x, iscale, out=_buf("q3.lev", x))
+    _round_clamp_into(lev, -nmax, nmax - 1, not has_nan and _is_safe(iscale * mxs))
+    w = np.multiply(x, x, out=_buf("q3.p2", x))
+    p1 = np.multiply(w, x, out=_buf("q3.p1", x))
+    p1 *= lev  # w*x[i]*L[i], each element's share of sumlx
+    p2 = w
+    p2 *= lev
+    p2 *= lev  # w*L[i]*L[i], its share of suml2
+    sumlx = _seqsum(p1)
+    suml2 = _seqsum(p2)
+    lev_b = _buf("q3.lev_b", x, np.int32)
+    np.copyto(lev_b, lev, casting="unsafe")
+    lev_b += _Q3_BIAS
+    # all-zero sub-blocks keep L = 0 and never enter the descent
+    cols = np.flatnonzero(~zero) if zero.any() else None
+    for _ in range(5):
+        if cols is None:
+            sx, sl, sp1, sp2, s1, s2 = x, lev_b, p1, p2, sumlx, suml2
+        else:
+            if cols.size == 0:
+                break
+            sx, sl, sp1, sp2 = x[:, cols], lev_b[:, cols], p1[:, cols], p2[:, cols]
+            s1, s2 = sumlx[cols], suml2[cols]
+        _, cand = _q3_candidates(sx, sl, np.subtract(s1, sp1, out=_buf("q3.slx", sp1)),
+                                 np.subtract(s2, sp2, out=_buf("q3.sl2", sp2)), scratch=True)
+        live_mask = np.logical_or.reduce(cand, axis=0)
+        if not live_mask.any():
+            break
+        if live_mask.all():
+            gx, gl, gp1, gp2, g1, g2 = sx, sl, sp1, sp2, s1, s2
+            where = slice(None) if cols is None else cols
+        else:
+            live = np.flatnonzero(live_mask)
+            gx, gl, gp1, gp2 = sx[:, live], sl[:, live], sp1[:, live], sp2[:, live]
+            g1, g2 = s1[live], s2[live]
+            where = live if cols is None else cols[live]
+        changed = _q3_pass(gx, gl, gp1, gp2, g1, g2)
+        if gl is not lev_b:
+            lev_b[:, where] = gl
+            p1[:, where] = gp1
+            p2[:, where] = gp2
+            sumlx[where] = g1
+            suml2[where] = g2
+        cols = np.flatnonzero(changed) if isinstance(where, slice) else where[changed]
+    lev_b -= _Q3_BIAS - nmax
+    np.copyto(lev, lev_b, casting="unsafe")
+    scale = np.where(suml2 > 0, sumlx / suml2, _ZERO)
+    if zero.any():
+        lev[:, zero] = 0
+        scale = np.where(zero, _ZERO, scale)
+    return scale, lev, amax
+
+
+# --------------------------------------------------------------------------- block types
+
+
+def _q2_K_chunk(blocks: np.ndarray) -> np.ndarray:
+    nb = blocks.shape[0]
+    x = _element_major(blocks, 16)
+    w = np.abs(x, out=_buf("w", x))
+    scales, mins, lev = _make_qkx2(x, w, 3, -0.5, 0.1, 15, True)
+    sc = scales.reshape(nb, 16)
+    mi = mins.reshape(nb, 16)
+    max_scale = np.fmax(np.fmax.reduce(sc, axis=1), _ZERO)
+    max_min = np.fmax(np.fmax.reduce(mi, axis=1), _ZERO)
+    q4scale = _f32(15)
+
+    has_s = max_scale > 0
+    iscale = q4scale / np.where(has_s, max_scale, _f32(1))
+    byte = np.where(has_s[:, None], _nearest_int(iscale[:, None] * sc) & 0xFF, 0)
+    d16 = np.where(has_s, _fp16_bits(max_scale / q4scale), np.uint16(0))
+    has_m = max_min > 0
+    imin = q4scale / np.where(has_m, max_min, _f32(1))
+    byte |= np.where(has_m[:, None], (_nearest_int(imin[:, None] * mi) << 4) & 0xFF, 0)
+    dmin16 = np.where(has_m, _fp16_bits(max_min / q4scale), np.uint16(0))
+    byte = byte.astype(np.uint8)
+
+    d = (_fp16_to_f32(d16)[:, None] * (byte & 0xF).astype(_f32)).reshape(-1)
+    dm = (_fp16_to_f32(dmin16)[:, None] * (byte >> 4).astype(_f32)).reshape(-1)
+    lev = _requantize(x, lev, d, dm, 0, 3)
+
+    L = _block_major(lev, nb)
+    out = np.empty((nb, TYPE_SIZES["q2_K"]), np.uint8)
+    out[:, 0:16] = byte
+    out[:, 16:80] = _pack_2bit(L)
+    out[:, 80:82] = d16.view(np.uint8).reshape(nb, 2)
+    out[:, 82:84] = dmin16.view(np.uint8).reshape(nb, 2)
+    return out
+
+
+def _requantize(
+    x: np.ndarray, lev: np.ndarray, d: np.ndarray, dm: np.ndarray | None, lo: int, hi: int
+) -> np.ndarray:
+    """Second pass common to all K types: ``L = clamp(nearest_int((x + dm) / d))`` for the
+    sub-blocks whose rebuilt scale ``d`` is non-zero; the others keep the search's levels."""
+    live = d != 0
+    if not live.any():
+        return lev
+    ds = np.where(live, d, _f32(1))
+    q = _buf("requant.q", x)
+    if dm is not None:
+        np.add(x, dm, out=q)
+    else:
+        np.copyto(q, x)
+    q /= ds
+    # |q| <= (max|x| + |dm|) / |d| per sub-block; checked on the array itself (cheap next to the search)
+    safe = _is_safe(np.max(np.abs(q), axis=0))
+    new = _round_clamp_into(q, lo, hi, safe)
+    if live.all():
+        return new
+    return np.where(live, new, lev)
+
+
+def _qk4_common(blocks: np.ndarray, nmax: int, rmin: float, nstep: int) -> tuple:
+    """Shared body of q4_K / q5_K: search, 6-bit scale/min packing, requantisation."""
+    nb = blocks.shape[0]
+    x = _element_major(blocks, 32)
+    w = _buf("w", x)
+    sum_x2 = _seqsum(np.multiply(x, x, out=w))
+    av_x = np.sqrt(sum_x2 / _f32(32))
+    np.abs(x, out=w)
+    w += av_x
+    scales, mins, lev = _make_qkx2(x, w, nmax, rmin, 0.1, nstep, False)
+    sc = scales.reshape(nb, 8)
+    mi = mins.reshape(nb, 8)
+    max_scale = np.fmax(np.fmax.reduce(sc, axis=1), _ZERO)
+    max_min = np.fmax(np.fmax.reduce(mi, axis=1), _ZERO)
+    c63 = _f32(63)
+    inv_scale = np.where(max_scale > 0, c63 / np.where(max_scale > 0, max_scale, _f32(1)), _ZERO)
+    inv_min = np.where(max_min > 0, c63 / np.where(max_min > 0, max_min, _f32(1)), _ZERO)
+    ls = np.minimum(_nearest_int(inv_scale[:, None] * sc) & 0xFF, 63).astype(np.uint8)
+    lm = np.minimum(_nearest_int(inv_min[:, None] * mi) & 0xFF, 63).astype(np.uint8)
+    d16 = _fp16_bits(max_scale / c63)
+    dmin16 = _fp16_bits(max_min / c63)
+    d = (_fp16_to_f32(d16)[:, None] * ls.astype(_f32)).reshape(-1)
+    dm = (_fp16_to_f32(dmin16)[:, None] * lm.astype(_f32)).reshape(-1)
+    lev = _requantize(x, lev, d, dm, 0, nmax)
+    return nb, d16, dmin16, _pack_scales_k4(ls, lm), _block_major(lev, nb)
+
+
+def _q4_K_chunk(blocks: np.ndarray) -> np.ndarray:
+    nb, d16, dmin16, scales, L = _qk4_common(blocks, 15, -1.0, 20)
+    out = np.empty((nb, TYPE_SIZES["q4_K"]), np.uint8)
+    out[:, 0:2] = d16.view(np.uint8).reshape(nb, 2)
+    out[:, 2:4] = dmin16.view(np.uint8).reshape(nb, 2)
+    out[:, 4:16] = scales
+    Lb = L.reshape(nb, 4, 2, 32)
+    out[:, 16:144] = (Lb[:, :, 0, :] | (Lb[:, :, 1, :] << 4)).reshape(nb, 128)
+    return out
+
+
+def _q5_K_chunk(blocks: np.ndarray) -> np.ndarray:
+    nb, d16, dmin16, scales, L = _qk4_common(blocks, 31, -0.5, 15)
+    out = np.empty((nb, TYPE_SIZES["q5_K"]), np.uint8)
+    out[:, 0:2] = d16.view(np.uint8).reshape(nb, 2)
+    out[:, 2:4] = dmin16.view(np.uint8).reshape(nb, 2)
+    out[:, 4:16] = scales
+    Lb = L.reshape(nb, 4, 2, 32)
+    hi = (Lb >> 4).astype(np.uint8)  # the fifth bit of each level
+    qh = np.zeros((nb, 32), np.uint8)
+    for k in range(4):
+        qh |= hi[:, k, 0, :] << (2 * k)
+        qh |= hi[:, k, 1, :] << (2 * k + 1)
+    out[:, 16:48] = qh
+    lo = Lb & 0xF
+    out[:, 48:176] = (lo[:, :, 0, :] | (lo[:, :, 1, :] << 4)).reshape(nb, 128)
+    return out
+
+
+def _q3_K_chunk(blocks: np.ndarray) -> np.ndarray:
+    nb = blocks.shape[0]
+    x = _element_major(blocks, 16)
+    scales, lev, _ = _make_q3(x)
+    sc = scales.reshape(nb, 16)
+    _, max_scale, _ = _abs_max(sc.T)
+    nz = max_scale != 0  # `if (max_scale)`: NaN counts as set
+    iscale = _f32(-32) / np.where(nz, max_scale, _f32(1))
+    l8 = ((_nearest_int(iscale[:, None] * sc) + 128) & 0xFF) - 128  # int8_t l = nearest_int(...)
+    l6 = np.where(nz[:, None], np.clip(l8, -32, 31) + 32, 0).astype(np.uint8)
+    d16 = np.where(nz, _fp16_bits(_f32(1) / iscale), np.uint16(0))
+    packed = np.empty((nb, 12), np.uint8)
+    packed[:, 0:8] = (l6[:, 0:8] & 0xF) | ((l6[:, 8:16] & 0xF) << 4)
+    hi2 = l6 >> 4
+    packed[:, 8:12] = hi2[:, 0:4] | (hi2[:, 4:8] << 2) | (hi2[:, 8:12] << 4) | (hi2[:, 12:16] << 6)
+    d = (_fp16_to_f32(d16)[:, None] * (l6.astype(_f32) - _f32(32))).reshape(-1)
+    lev = _requantize(x, lev - _f32(4), d, None, -4, 3) + _f32(4)
+
+    L = _block_major(lev, nb)
+    Lb = L.reshape(nb, 8, 32)
+    hmask = np.zeros((nb, 32), np.uint8)
+    for bit in range(8):
+        hmask |= (Lb[:, bit, :] >> 2) << bit  # L > 3  <=>  bit 2 set (L <= 7)
+    out = np.empty((nb, TYPE_SIZES["q3_K"]), np.uint8)
+    out[:, 0:32] = hmask
+    out[:, 32:96] = _pack_2bit(L & 3)
+    out[:, 96:108] = packed
+    out[:, 108:110] = d16.view(np.uint8).reshape(nb, 2)
+    return out
+
+
+def _q6_K_chunk(blocks: np.ndarray) -> np.ndarray:
+    nb = blocks.shape[0]
+    x = _element_major(blocks, 16)
+    scales, lev, _ = _make_qx_rmse1(x, 32)
+    sc = scales.reshape(nb, 16)
+    max_abs, max_scale, _ = _abs_max(sc.T)
+    zero_block = max_abs < _GROUP_MAX_EPS
+    iscale = _f32(-128) / np.where(zero_block, _f32(1), max_scale)
+    d16 = _fp16_bits(_f32(1) / iscale)
+    q8 = np.minimum(_nearest_int(iscale[:, None] * sc), 127)
+    q8 = (((q8 + 128) & 0xFF) - 128).astype(np.int8)  # stored as int8_t
+    d = (_fp16_to_f32(d16)[:, None] * q8.astype(_f32)).reshape(-1)
+    lev = _requantize(x, lev - _f32(32), d, None, -32, 31) + _f32(32)
+
+    L = _block_major(lev, nb)
+    Lb = L.reshape(nb, 2, 4, 32)
+    lo = Lb & 0xF
+    hi = Lb >> 4
+    out = np.empty((nb, TYPE_SIZES["q6_K"]), np.uint8)
+    ql = out[:, 0:128].reshape(nb, 2, 64)
+    ql[:, :, 0:32] = lo[:, :, 0, :] | (lo[:, :, 2, :] << 4)
+    ql[:, :, 32:64] = lo[:, :, 1, :] | (lo[:, :, 3, :] << 4)
+    out[:, 128:192] = (hi[:, :, 0, :] | (hi[:, :, 1, :] << 2) | (hi[:, :, 2, :] << 4) | (hi[:, :, 3, :] << 6)).reshape(nb, 64)
+    out[:, 192:208] = q8.view(np.uint8)
+    out[:, 208:210] = d16.view(np.uint8).reshape(nb, 2)
+    if zero_block.any():
+        out[zero_block] = 0
+    return out
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def quantize_q2_K(rows: np.ndarray) -> np.ndarray:
+    """Quantise float32 rows ``(..., n)`` (``n % 256 == 0``) to Q2_K block bytes ``(..., n/256*84)``.
+
+    Byte-identical to ``quantize_row_q2_K_ref``: per 16-element sub-block a min/scale
+    search (|x|-weighted, mean absolute error), 4-bit scales and mins, 2-bit levels.
+    """
+    return _run(rows, "q2_K", _q2_K_chunk)
+
+
+def quantize_q3_K(rows: np.ndarray) -> np.ndarray:
+    """Quantise float32 rows ``(..., n)`` to Q3_K block bytes ``(..., n/256*110)``.
+
+    Byte-identical to ``quantize_row_q3_K_ref``: symmetric 3-bit levels refined by
+    coordinate descent, 6-bit signed sub-block scales, one fp16 super-scale.
+    """
+    return _run(rows, "q3_K", _q3_K_chunk)
+
+
+def quantize_q4_K(rows: np.ndarray) -> np.ndarray:
+    """Quantise float32 rows ``(..., n)`` to Q4_K block bytes ``(..., n/256*144)``.
+
+    Byte-identical to ``quantize_row_q4_K_ref``: per 32-element sub-block a 21-step
+    min/scale search, 6-bit scales and mins, 4-bit levels.
+    """
+    return _run(rows, "q4_K", _q4_K_chunk)
+
+
+def quantize_q5_K(rows: np.ndarray) -> np.ndarray:
+    """Quantise float32 rows ``(..., n)`` to Q5_K block bytes ``(..., n/256*176)``.
+
+    Byte-identical to ``quantize_row_q5_K_ref``: as Q4_K with 5-bit levels and a
+    16-step search.
+    """
+    return _run(rows, "q5_K", _q5_K_chunk)
+
+
+def quantize_q6_K(rows: np.ndarray) -> np.ndarray:
+    """Quantise float32 rows ``(..., n)`` to Q6_K block bytes ``(..., n/256*210)``.
+
+    Byte-identical to ``quantize_row_q6_K_ref``: symmetric 6-bit levels with a
+    19-step scale search per 16-element sub-block, 8-bit sub-block scales.
+    """
+    return _run(rows, "q6_K", _q6_K_chunk)
+
+
+KQUANTIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "q2_K": quantize_q2_K,
+    "q3_K": quantize_q3_K,
+    "q4_K": quantize_q4_K,
+    "q5_K": quantize_q5_K,
+    "q6_K": quantize_q6_K,
+}
+"""Block-type name (lmconv's spelling, case as in ``lmconv.dtypes``) → quantiser."""
