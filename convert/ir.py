@@ -130,11 +130,23 @@ class Tensor:
         np_dtype = dtype.numpy
         # Narrowing is lossy, widening is exact: only the lossy step enters the history.
         lossy = dtype.type_size < self.dtype.type_size or (dtype.name == "bf16" and self.dtype.name == "f16")
-        return self.map(lambda a: a.astype(np_dtype), dtype=dtype, note=f"cast:{dtype.name}" if lossy else None)
+        return self.map(_cast_to(np_dtype), dtype=dtype, note=f"cast:{dtype.name}" if lossy else None)
 
     def __repr__(self) -> str:
         alias = f" aka {', '.join(self.aliases)}" if self.aliases else ""
         return f"Tensor({self.name!r}, {list(self.shape)}, {self.dtype}{alias})"
+
+
+def _cast_to(np_dtype: np.dtype) -> Callable[[np.ndarray], np.ndarray]:
+    """An IEEE round-to-nearest-even cast. A value beyond the target's range becomes ±inf, which is
+    that rounding's defined result; numpy's RuntimeWarning about it would go to stderr from a
+    worker thread, past ``--quiet`` and the one-line error contract, so it is silenced here."""
+
+    def cast(a: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return a.astype(np_dtype)
+
+    return cast
 
 
 def tensor_from_array(name: str, array: np.ndarray, **kw: Any) -> Tensor:

@@ -34,6 +34,8 @@ _BUILTINS_FALLBACK = {
     "quantizers": "lmconv.plugins.quantizers.builtin",
     "arch_llama": "lmconv.plugins.arch_llama",
     "arch_gpt2": "lmconv.plugins.arch_gpt2",
+    "tf": "lmconv.plugins.tf_checkpoint",
+    "h5": "lmconv.plugins.keras_h5",
 }
 
 

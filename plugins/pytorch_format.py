@@ -9,8 +9,11 @@ loaded. torch is imported only when a PyTorch file is actually read or written.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+import pickletools
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,10 +22,13 @@ from typing import Any
 import numpy as np
 
 from lmconv import dtypes as dt
-from lmconv.errors import InputError, MissingDependencyError, UnsafeInputError
+from lmconv.errors import InputError, MissingDependencyError, UnsafeInputError, UsageError
 from lmconv.formats import Format, ReadOptions, WriteOptions
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor, group_ties
+from lmconv.units import parse_size
+
+from .safetensors_format import DEFAULT_MAX_SHARD, shard_tensors
 
 INDEX_SUFFIX = ".bin.index.json"
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "params", "weights")
@@ -30,6 +36,8 @@ CONFIG_KEYS = ("config", "model_config", "hf_config")
 # The legacy (pre-1.6) format starts with a pickled magic number.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_HEAD = pickle.dumps(_LEGACY_MAGIC, protocol=2)
+# A legacy file holds pickles in a row: magic number, protocol version, sys info, the object.
+_LEGACY_PICKLES = 4
 
 
 def _torch() -> Any:
@@ -102,16 +110,55 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Any], dict[str, Any] | None
     return _flatten(obj), config
 
 
+def _pickles_complete(path: Path) -> bool:
+    """Whether the checkpoint's pickles all run to their STOP opcode.
+
+    Parsed with ``pickletools.genops``, which only decodes opcodes and never builds
+    or calls anything. The restricted unpickler stops at the first global it does
+    not allow, and a file cut inside a GLOBAL opcode names a global that does not
+    exist (``collections.OrderedD``): without this check a truncated file would be
+    reported as hostile instead of as truncated.
+    """
+    try:
+        if _is_zip_checkpoint(path):
+            with zipfile.ZipFile(path) as zf:
+                name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+                stream: Any = io.BytesIO(zf.read(name))
+            count = 1
+        else:
+            stream = open(path, "rb")
+            count = _LEGACY_PICKLES
+        with stream:
+            for _ in range(count):
+                for _op in pickletools.genops(stream):
+                    pass
+    except (ValueError, OSError, EOFError, StopIteration, zipfile.BadZipFile, NotImplementedError):
+        return False
+    return True
+
+
+def _refused_global(message: str) -> str:
+    """The global a refused pickle asked for, from torch's message, for a short one-line reason."""
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    if match:
+        return f"it would call {match.group(1)}"
+    first = message.strip().split("\n")[0]
+    return first.split(". ")[0][:160]
+
+
 def _load(path: Path) -> Any:
     torch = _torch()
     zipped = _is_zip_checkpoint(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).split("\n")
-        detail = next((line.strip() for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0])
-        raise UnsafeInputError(f"refused: the pickle wants to call code, which lmconv never runs ({detail[:160]})", path=path) from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, KeyError, OSError, TypeError, AttributeError) as exc:
+        if not _pickles_complete(path):
+            raise InputError("is not a readable PyTorch checkpoint (truncated or corrupt: the pickle stops early)", path=path) from None
+        raise UnsafeInputError(f"refused: the pickle wants to run code ({_refused_global(str(exc))}); lmconv never runs code from a checkpoint", path=path) from None
+    except Exception as exc:
+        # torch.load on damaged bytes can fail with almost anything (EOFError, IndexError from a
+        # legacy file cut after its magic number, RuntimeError from the zip reader, struct.error …):
+        # all of them mean the same to a user, a checkpoint that cannot be read.
         msg = str(exc).split("\n")[0][:200] or type(exc).__name__
         raise InputError(f"is not a readable PyTorch checkpoint (truncated or corrupt: {msg})", path=path) from None
 
@@ -167,11 +214,11 @@ def read_pytorch(path: Path) -> Model:
     return model
 
 
-def write_pytorch(model: Model, path: Path) -> None:
-    """A plain state dict (ties saved as shared storage), loadable with ``weights_only=True``."""
+def _save_state(tensors: list[Tensor], path: Path) -> None:
+    """``torch.save`` a plain state dict of ``tensors``; an alias is the same torch tensor (shared storage)."""
     torch = _torch()
     state: dict[str, Any] = {}
-    for t in model:
+    for t in tensors:
         arr = t.load()
         if t.dtype.name == "bf16":
             tt = torch.from_numpy(np.ascontiguousarray(arr).view(np.int16)).view(torch.bfloat16)
@@ -182,7 +229,45 @@ def write_pytorch(model: Model, path: Path) -> None:
         state[t.name] = tt
         for alias in t.aliases:
             state[alias] = tt
-    torch.save(state, path)
+    try:
+        with open(path, "wb") as fh:
+            torch.save(state, fh)
+    except RuntimeError as exc:
+        # torch's zip writer reports a failed write (disk full, file-size limit) as a RuntimeError.
+        # Through a Python file object the OSError underneath survives as the context: raise that,
+        # so that the pipeline reports an output error (exit 5) instead of an internal one.
+        if isinstance(exc.__context__, OSError):
+            raise exc.__context__ from None
+        raise
+
+
+def write_pytorch(model: Model, path: Path) -> None:
+    """A plain state dict (ties saved as shared storage), loadable with ``weights_only=True``."""
+    _save_state(list(model), path)
+
+
+def write_pytorch_sharded(model: Model, folder: Path, stem: str, max_bytes: int, options: WriteOptions) -> list[Path]:
+    """``{stem}-0000i-of-0000n.bin`` + ``{stem}.bin.index.json``, as transformers names them.
+
+    Always writes an index (the caller asked for one, by name or by --max-shard-size),
+    even when everything fits in one shard. A tie stays inside the shard of its tensor.
+    """
+    tensors = list(model)
+    groups = shard_tensors(tensors, max_bytes)
+    produced: list[Path] = []
+    weight_map: dict[str, str] = {}
+    for i, group in enumerate(groups, 1):
+        name = f"{stem}-{i:05d}-of-{len(groups):05d}.bin"
+        _save_state(group, folder / name)
+        produced.append(folder / name)
+        for t in group:
+            for n in (t.name, *t.aliases):
+                weight_map[n] = name
+        options.progress(sum(t.nbytes for t in group))
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
+    index_path = folder / f"{stem}{INDEX_SUFFIX}"
+    index_path.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return produced + [index_path]
 
 
 class PyTorchFormat(Format):
@@ -199,6 +284,18 @@ class PyTorchFormat(Format):
         return read_pytorch(path)
 
     def write(self, model: Model, path: Path, options: WriteOptions) -> list[Path]:
+        # A target named like an index, or --max-shard-size, means sharded output; writing one
+        # pickle under an index name would give a file that no reader (lmconv's own included) accepts.
+        max_shard = options.extra.get("max_shard_size")
+        if path.name.endswith(INDEX_SUFFIX) or max_shard:
+            if path.name.endswith(INDEX_SUFFIX):
+                stem = path.name[: -len(INDEX_SUFFIX)]
+            elif path.name.endswith(".bin"):
+                stem = path.name[: -len(".bin")]
+            else:
+                raise UsageError(f"{path.name}: sharded PyTorch output is named like pytorch_model.bin (shards NAME-00001-of-0000N.bin and NAME.bin.index.json)")
+            size = parse_size(max_shard or DEFAULT_MAX_SHARD, option="--max-shard-size")
+            return write_pytorch_sharded(model, path.parent, stem, size, options)
         write_pytorch(model, path)
         options.progress(model.nbytes)
         return [path]

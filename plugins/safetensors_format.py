@@ -30,6 +30,7 @@ from lmconv.mapping import drop_pages
 MAX_HEADER = 100 * 1024 * 1024  # the limit the reference implementation enforces
 ALIASES_KEY = "lmconv.aliases"
 INDEX_SUFFIX = ".safetensors.index.json"
+DEFAULT_MAX_SHARD = "5GB"  # what transformers used for years; the shard size of a target named like an index
 
 
 class SafetensorsFile:
@@ -104,16 +105,21 @@ class SafetensorsFile:
         return Tensor(name, shape, dtype, load, origin=str(path), release=lambda: drop_pages(mm, start, end - begin))
 
 
-def _apply_aliases(model: Model, meta: dict[str, str], path: Path) -> None:
+def _aliases(meta: dict[str, str], path: Path) -> dict[str, str]:
+    """alias → tensor it ties to, as lmconv records ties in ``__metadata__``."""
     raw = meta.get(ALIASES_KEY)
     if not raw:
-        return
+        return {}
     try:
         aliases = json.loads(raw)
-        assert isinstance(aliases, dict)
+        assert isinstance(aliases, dict) and all(isinstance(v, str) for v in aliases.values())
     except (ValueError, AssertionError):
-        raise InputError(f"__metadata__[{ALIASES_KEY!r}] is not a JSON object", path=path) from None
-    for alias, target in aliases.items():
+        raise InputError(f"__metadata__[{ALIASES_KEY!r}] is not a JSON object of names", path=path) from None
+    return aliases
+
+
+def _apply_aliases(model: Model, meta: dict[str, str], path: Path) -> None:
+    for alias, target in _aliases(meta, path).items():
         t = model.tensors.get(target)
         if t is not None and alias not in model.tensors:
             model.tensors[target] = t.replace(aliases=t.aliases + (alias,))
@@ -126,12 +132,17 @@ def read_safetensors(path: Path) -> Model:
         index = _read_index(path)
         shards: dict[str, SafetensorsFile] = {}
         meta: dict[str, str] = {}
+        for shard in dict.fromkeys(index.values()):
+            shards[shard] = SafetensorsFile(path.parent / shard)
+            meta.update(shards[shard].metadata)
+        # A tie is stored once; its other names are in the index too (transformers expects them
+        # there), mapped to the shard of the tensor they alias, which does not hold them.
+        tied = set(_aliases(meta, path))
         for name, shard in index.items():
-            if shard not in shards:
-                shards[shard] = SafetensorsFile(path.parent / shard)
-                meta.update(shards[shard].metadata)
             f = shards[shard]
             if name not in f.entries:
+                if name in tied:
+                    continue
                 raise InputError(f"index maps {name!r} to {shard} but that shard has no such tensor", path=path)
             model.add(f.tensor(name))
     else:
@@ -203,11 +214,17 @@ def shard_tensors(tensors: list[Tensor], max_bytes: int) -> list[list[Tensor]]:
     return shards
 
 
-def write_sharded(model: Model, folder: Path, stem: str, max_bytes: int | None, options: WriteOptions) -> list[Path]:
-    """``{stem}.safetensors`` or ``{stem}-0000i-of-0000n.safetensors`` + ``{stem}.safetensors.index.json``."""
+def write_sharded(
+    model: Model, folder: Path, stem: str, max_bytes: int | None, options: WriteOptions, *, always_index: bool = False
+) -> list[Path]:
+    """``{stem}.safetensors`` or ``{stem}-0000i-of-0000n.safetensors`` + ``{stem}.safetensors.index.json``.
+
+    ``always_index`` writes shards and an index even when one shard holds everything:
+    for a target the user named ``*.safetensors.index.json``.
+    """
     tensors = list(model)
     groups = shard_tensors(tensors, max_bytes) if max_bytes else [tensors]
-    if len(groups) == 1:
+    if len(groups) == 1 and not always_index:
         path = folder / f"{stem}.safetensors"
         write_safetensors_file(model, tensors, path, options)
         return [path]
@@ -253,6 +270,12 @@ class SafetensorsFormat(Format):
 
     def write(self, model: Model, path: Path, options: WriteOptions) -> list[Path]:
         max_shard = options.extra.get("max_shard_size")
+        if path.name.endswith(INDEX_SUFFIX):
+            # A target named like an index gets shards and that index: one safetensors file under
+            # an index name would be a file no reader (lmconv's own included) accepts.
+            stem = path.name[: -len(INDEX_SUFFIX)]
+            size = parse_size(max_shard or DEFAULT_MAX_SHARD, option="--max-shard-size")
+            return write_sharded(model, path.parent, stem, size, options, always_index=True)
         if max_shard and path.name.endswith(".safetensors"):
             stem = path.name[: -len(".safetensors")]
             return write_sharded(model, path.parent, stem, parse_size(max_shard, option='--max-shard-size'), options)

@@ -1,0 +1,379 @@
+"""lmconv verify / roundtrip / SRC DST --verify: lossless hops are bit-exact, lossy ones stay inside their
+documented bounds, and every kind of damage fails with exit 6 naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmconv.cli import main
+from lmconv.pipeline import read_model
+from lmconv import verify as V
+from tests.test_forward import tiny_models  # noqa: F401  (session fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "schemas" / "verify-report.schema.json").read_text())
+DOC = (ROOT / "docs" / "verification.md").read_text()
+
+
+def run(*args: object) -> int:
+    return main([str(a) for a in args])
+
+
+def convert(src: Path, dst: Path | str, *flags: str) -> Path:
+    if not Path(dst).exists():
+        Path(str(dst).rstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        assert run(src, dst, "--quiet", *flags) == 0
+    return Path(str(dst).rstrip("/"))
+
+
+def validate(doc: dict) -> None:
+    import jsonschema
+
+    jsonschema.validate(doc, SCHEMA, cls=jsonschema.Draft202012Validator)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("verify")
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_weights(folder: Path, fn) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.numpy import load_file, save_file
+
+    path = folder / "model.safetensors"
+    tensors = load_file(str(path))
+    fn(tensors)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+# ----------------------------------------------------------------------------- lossless hops
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_lossless_hops_are_bit_exact(tiny_models: dict[str, Path], work: Path, kind: str) -> None:  # noqa: F811
+    src = tiny_models[kind]
+    d = work / f"lossless-{kind}"
+    d.mkdir()
+    st = convert(src, d / "st" / "model.safetensors")
+    pt = convert(st, d / "pt" / "model.pt")
+    hf = convert(pt, f"{d / 'hf'}/")
+    gg = convert(hf, d / "f32.gguf")
+    back = convert(gg, f"{d / 'back'}/")
+    for a, b in ((src, st), (st, pt), (pt, hf), (hf, gg), (gg, back), (src, back), (src, gg)):
+        report = V.verify_models(read_model(a), read_model(b))
+        assert report.ok, report.summary()
+        assert report.tensors and all(t.status == "exact" and t.exact for t in report.tensors)
+        # Same dtype on both sides → the stored bits are equal too.
+        assert all(t.bitwise for t in report.tensors if t.dtype_a == t.dtype_b)
+        assert report.config.ok and report.tokenizer.ok and report.tokenizer.compared != "none"
+    assert run("verify", src, gg, "--quiet") == 0
+
+
+def test_tie_in_one_model_pairs_with_two_names_in_the_other() -> None:
+    from lmconv.ir import Model, tensor_from_array
+
+    emb = np.arange(12, dtype=np.float32).reshape(4, 3)
+    a = Model(config={})
+    a.add(tensor_from_array("embed.weight", emb, aliases=("lm_head.weight",)))
+    b = Model(config={})
+    b.add(tensor_from_array("embed.weight", emb.copy()))
+    b.add(tensor_from_array("lm_head.weight", emb.copy()))
+    report = V.verify_models(a, b)
+    assert report.ok and [t.name for t in report.tensors] == ["embed.weight", "lm_head.weight"]
+    report = V.verify_models(b, a)
+    assert report.ok
+    c = Model(config={})
+    c.add(tensor_from_array("embed.weight", emb.copy()))
+    c.add(tensor_from_array("lm_head.weight", emb + np.float32(1e-3)))
+    report = V.verify_models(a, c)
+    assert not report.ok and "'lm_head.weight'" in report.summary()
+
+
+# ----------------------------------------------------------------------------- damage is caught
+def _fails(capsys: pytest.CaptureFixture[str], a: Path, b: Path, *needles: str, args: tuple[str, ...] = ()) -> str:
+    capsys.readouterr()
+    assert run("verify", a, b, "--quiet", *args) == 6
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("lmconv: error: ")
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_one_weight_changed_by_1e3_fails(tiny_models: dict[str, Path], work: Path,  # noqa: F811
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    for kind, src in tiny_models.items():
+        bad = copy_model(src, work / f"changed-{kind}")
+        names: list[str] = []
+
+        def change(t: dict[str, np.ndarray]) -> None:
+            name = sorted(n for n, a in t.items() if a.ndim == 2 and "embed" not in n and "wte" not in n)[0]
+            t[name] = t[name].copy()
+            t[name][1, 2] += np.float32(1e-3)
+            names.append(name)
+
+        edit_weights(bad, change)
+        err = _fails(capsys, src, bad, f"'{names[0]}'", "lossless")
+        assert "1 element" in err
+        # the same change passes a looser absolute tolerance and fails a tighter one
+        assert run("verify", src, bad, "--quiet", "--atol", "2e-3") == 0
+        _fails(capsys, src, bad, f"'{names[0]}'", args=("--atol", "1e-4"))
+
+
+def test_missing_tensor_fails(tiny_models: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    src = tiny_models["llama"]
+    bad = copy_model(src, work / "missing")
+    edit_weights(bad, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    _fails(capsys, src, bad, "'model.layers.1.mlp.up_proj.weight'", "missing in B")
+    _fails(capsys, bad, src, "'model.layers.1.mlp.up_proj.weight'", "missing in A")
+
+
+def test_shape_change_fails(tiny_models: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    src = tiny_models["gpt2"]
+    bad = copy_model(src, work / "shape")
+
+    def cut(t: dict[str, np.ndarray]) -> None:
+        t["transformer.h.0.mlp.c_fc.bias"] = t["transformer.h.0.mlp.c_fc.bias"][:-1].copy()
+
+    edit_weights(bad, cut)
+    _fails(capsys, src, bad, "'transformer.h.0.mlp.c_fc.bias'", "shape")
+
+
+def test_tokenizer_edit_fails(tiny_models: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    src = tiny_models["llama"]
+    bad = copy_model(src, work / "tokenizer")
+    tj = json.loads((bad / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = tj["model"]["vocab"]
+    victim = next(k for k, v in vocab.items() if v == 50)
+    vocab["zz" + victim] = vocab.pop(victim)
+    (bad / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+    err = _fails(capsys, src, bad, "tokenizer", "50")
+    assert "tensor" not in err
+    # GGUF's fields on one side, HF files on the other: compared through the bridge.
+    gg = convert(src, work / "tok-ref.gguf")
+    _fails(capsys, gg, bad, "tokenizer")
+
+
+def test_config_change_fails(tiny_models: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    src = tiny_models["llama"]
+    bad = copy_model(src, work / "config")
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["rms_norm_eps"] = 1e-3
+    cfg["transformers_version"] = "0.0.1"  # bookkeeping: ignored
+    (bad / "config.json").write_text(json.dumps(cfg))
+    _fails(capsys, src, bad, "config 'rms_norm_eps'")
+
+
+# ----------------------------------------------------------------------------- lossy hops
+@pytest.mark.parametrize("quant", ["q8_0", "q4_0", "q4_K"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_quantised_error_within_documented_bound(tiny_models: dict[str, Path], work: Path, kind: str, quant: str) -> None:  # noqa: F811
+    src = tiny_models[kind]
+    gg = convert(src, work / f"{kind}-{quant}.gguf", "--quant", quant)
+    report = V.verify_models(read_model(src), read_model(gg), logits=True)
+    assert report.ok, report.summary()
+    lossy = [t for t in report.tensors if t.steps]
+    assert lossy
+    for t in lossy:
+        assert t.steps == [f"quant:{t.dtype_b}"] and t.layout == "gguf"
+        assert t.max_ratio is not None and t.max_ratio <= 1.0
+        assert t.rel_err is not None and 0 < t.rel_err <= t.rel_bound
+        assert 0.9 < t.cosine <= 1.0
+        # the bound applied is the documented one
+        bound = V.BOUNDS[t.steps[0]]
+        assert f"| {t.dtype_b} |" in DOC and _fmt_coef(bound.blocks[0][1]) in DOC
+    lg = report.logits
+    assert lg is not None and lg["n_tokens"] > 0 and lg["max_abs_diff"] > 0
+    assert lg["rel_max_diff"] < {"q8_0": 0.1, "q4_0": 0.5, "q4_K": 0.5}[quant]
+    assert lg["top1_agreement"] >= {"q8_0": 0.75, "q4_0": 0.25, "q4_K": 0.25}[quant]
+    assert math.isfinite(lg["kl_mean"]) and lg["kl_mean"] >= 0
+
+
+def test_k_quant_is_really_exercised(tiny_models: dict[str, Path], work: Path) -> None:  # noqa: F811
+    gg = convert(tiny_models["llama"], work / "llama-q4_K.gguf", "--quant", "q4_K")
+    report = V.verify_models(read_model(tiny_models["llama"]), read_model(gg))
+    assert any(t.dtype_b == "q4_K" for t in report.tensors), "no tensor row divides into 256-blocks"
+
+
+def _fmt_coef(x: float) -> str:
+    return f"{x:.4g}"
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"])
+def test_bounds_hold_on_hostile_data(qtype: str) -> None:
+    """The derived bounds against our (llama.cpp byte-identical) quantisers on awkward data."""
+    from lmconv.registry import get_registry
+
+    q = get_registry().quantizer(qtype)
+    rng = np.random.default_rng(1)
+    rows = [
+        rng.standard_normal((8, 1024)),
+        rng.laplace(size=(8, 1024)),
+        rng.uniform(0, 1, (8, 1024)),  # all positive
+        (rng.standard_normal((8, 64, 16)) * 10 ** rng.uniform(-4, 0, (8, 64, 1))).reshape(8, 1024),  # sub-block scales
+        np.where(rng.random((8, 1024)) < 0.01, 50, 1) * rng.standard_normal((8, 1024)),  # outliers
+        rng.standard_normal((8, 1024)) * 1e-6,  # block scales in f16's subnormal range
+        rng.choice([-1.0, 1.0, 0.999, -0.5, 0.0], (8, 1024)),
+    ]
+    bound = V.BOUNDS[f"quant:{qtype}"]
+    for x in rows:
+        x = x.astype(np.float32)
+        y = q.dequantize(q.quantize(x)).reshape(x.shape).astype(np.float64)
+        a = x.astype(np.float64)
+        tol = bound.tolerance(np.abs(a)) * V.SLACK
+        assert np.all(np.abs(a - y) <= tol), float(np.max(np.abs(a - y) / tol))
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_cast_bounds_are_tight_and_hold(dtype: str) -> None:
+    from lmconv import dtypes as dt
+
+    d = dt.get(dtype)
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.standard_normal(10000), rng.standard_normal(1000) * 1e-6, rng.standard_normal(100) * 1e-30]).astype(np.float32)
+    if dtype == "f16":
+        x = x[np.abs(x) < 60000]
+    y = x.astype(d.numpy).astype(np.float64)
+    a = x.astype(np.float64)
+    bound = V.BOUNDS[f"cast:{dtype}"]
+    ratio = np.abs(a - y) / (bound.tolerance(np.abs(a)[None, :])[0] * V.SLACK)
+    assert ratio.max() <= 1.0
+    assert ratio.max() > 0.9  # the bound is the real worst case, not a loose guess
+    assert bound.rel == {"f16": 2.0**-11, "bf16": 2.0**-8}[dtype]
+
+
+# ----------------------------------------------------------------------------- JSON, conversions, round trips
+def test_json_report_validates(tiny_models: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    src = tiny_models["gpt2"]
+    gg = convert(src, work / "gpt2-q8_0.gguf", "--quant", "q8_0")
+    capsys.readouterr()
+    assert run("verify", src, gg, "--json", "--logits") == 0
+    doc = json.loads(capsys.readouterr().out)
+    validate(doc)
+    assert doc["ok"] and doc["logits"]["runtime_a"] == "numpy" and doc["first_failure"] is None
+    bad = copy_model(src, work / "json-bad")
+    edit_weights(bad, lambda t: t.pop("transformer.wpe.weight"))
+    assert run("verify", src, bad, "--json") == 6
+    doc = json.loads(capsys.readouterr().out)
+    validate(doc)
+    assert not doc["ok"] and "transformer.wpe.weight" in doc["first_failure"]
+
+
+def test_text_logits(tiny_models: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    src = tiny_models["llama"]
+    gg = convert(src, work / "llama-f16.gguf", "--dtype", "f16")
+    capsys.readouterr()
+    assert run("verify", src, gg, "--json", "--text", "Hello world, the quick brown fox.") == 0
+    doc = json.loads(capsys.readouterr().out)
+    validate(doc)
+    lg = doc["logits"]
+    assert lg["n_tokens"] > 3 and lg["rel_max_diff"] < 1e-2 and lg["top1_agreement"] >= 0.9
+
+
+def test_llamacpp_runtime(tiny_models: dict[str, Path], work: Path) -> None:  # noqa: F811
+    pytest.importorskip("llama_cpp")
+    for kind, src in tiny_models.items():
+        gg = convert(src, work / f"{kind}-rt-f32.gguf")
+        report = V.verify_models(read_model(src), read_model(gg), logits=True, runtime="llama.cpp")
+        lg = report.logits
+        assert lg is not None and lg["runtime_a"] == "numpy" and lg["runtime_b"] == "llama.cpp"
+        assert lg["rel_max_diff"] < 1e-3 and lg["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("flags", [("--dtype", "f16"), ("--quant", "q8_0")], ids=["f16", "q8_0"])
+def test_convert_verify_passes(tiny_models: dict[str, Path], work: Path, flags: tuple[str, str],  # noqa: F811
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    src = tiny_models["llama"]
+    for out in (work / f"cv-{flags[1]}.gguf", f"{work / ('cv-' + flags[1] + '-hf')}/"):
+        if flags[0] == "--quant" and not str(out).endswith(".gguf"):
+            continue
+        capsys.readouterr()
+        assert run(src, out, "--verify", *flags) == 0
+        err = capsys.readouterr().err
+        assert "verify: OK" in err and "within bounds" in err
+
+
+def test_convert_verify_fails_clearly_with_a_wrong_bound(tiny_models: dict[str, Path], work: Path,  # noqa: F811
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    right = V.BOUNDS["quant:q8_0"]
+    monkeypatch.setitem(V.BOUNDS, "quant:q8_0", V.Bound("quant:q8_0", blocks=((32, right.blocks[0][1] / 4),)))
+    out = work / "wrong-bound.gguf"
+    capsys.readouterr()
+    assert run(tiny_models["llama"], out, "--verify", "--quant", "q8_0", "--quiet") == 6
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith(f"lmconv: error: {out}: verification failed") and "exceeds its quant:q8_0 bound" in err
+    assert "problems: tensor '" in err and "(the file was kept)" in err
+    assert out.exists()
+
+
+@pytest.mark.parametrize("via,flags", [("gguf", ()), ("pytorch", ()), ("gguf", ("--quant", "q8_0"))], ids=["gguf", "pytorch", "gguf-q8_0"])
+def test_roundtrip(tiny_models: dict[str, Path], via: str, flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    capsys.readouterr()
+    assert run("roundtrip", tiny_models["gpt2"], "--via", via, "--json", *flags) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"]
+    validate(doc["intermediate"])
+    validate(doc["final"])
+    statuses = {t["status"] for t in doc["final"]["tensors"]}
+    assert statuses == ({"exact"} if not flags else {"exact", "within"})
+
+
+def test_policy_and_steps() -> None:
+    assert V.parse_steps("q8_0") == ("quant:q8_0",)
+    assert V.parse_steps("f16+Q4_K") == ("cast:f16", "quant:q4_K")
+    assert V.parse_steps("lossless") == () and V.parse_steps("auto") is None
+    from lmconv.errors import UsageError
+
+    with pytest.raises(UsageError):
+        V.parse_steps("q9_9")
+    from lmconv import dtypes as dt
+
+    assert V.represents(dt.F32, dt.get("bf16")) and V.represents(dt.F32, dt.F16)
+    assert not V.represents(dt.F16, dt.get("bf16")) and not V.represents(dt.get("bf16"), dt.F16)
+
+
+def test_nan_and_inf_must_sit_in_the_same_places() -> None:
+    from lmconv.ir import Model, tensor_from_array
+
+    x = np.array([[1.0, np.nan, np.inf, -np.inf]], dtype=np.float32)
+    a, b, c = Model(), Model(), Model()
+    a.add(tensor_from_array("w", x))
+    b.add(tensor_from_array("w", x.copy()))
+    y = x.copy()
+    y[0, 0] = np.nan
+    c.add(tensor_from_array("w", y))
+    assert V.verify_models(a, b).ok
+    report = V.verify_models(a, c)
+    assert not report.ok and report.tensors[0].status == "nonfinite" and report.tensors[0].worst_index == [0, 0]
+    validate(json.loads(report.to_json()))
+
+
+def test_policy_option(tiny_models: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    src = tiny_models["llama"]
+    gg = convert(src, work / "llama-q8_0.gguf", "--quant", "q8_0")
+    _fails(capsys, src, gg, "lossless", "tensor '", args=("--policy", "lossless"))
+    assert run("verify", src, gg, "--quiet", "--policy", "q4_0") == 0  # a looser claim holds too
+
+
+def test_tokenizer_json_fallback_without_bridge(tiny_models: dict[str, Path], work: Path,  # noqa: F811
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tiny_models["gpt2"]
+    bad = copy_model(src, work / "tokenizer-nobridge")
+    tj = json.loads((bad / "tokenizer.json").read_text(encoding="utf-8"))
+    tj["model"]["merges"] = tj["model"]["merges"][:-1]
+    (bad / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+    monkeypatch.setattr(V, "_bridge", lambda: None)
+    report = V.verify_models(read_model(src), read_model(bad))
+    assert report.tokenizer.compared == "tokenizer.json" and not report.ok
+    assert report.tokenizer.differences[0]["field"] == "merges"
