@@ -93,6 +93,22 @@ def companion_files(model: Model) -> dict[str, bytes]:
     return out
 
 
+def _same_content(path: Path, data: bytes) -> bool:
+    """Byte-equal, or for JSON files equal as JSON (key order and indentation do not matter)."""
+    try:
+        existing = path.read_bytes()
+    except OSError:
+        return False
+    if existing == data:
+        return True
+    if path.suffix == ".json":
+        try:
+            return bool(json.loads(existing) == json.loads(data))
+        except ValueError:
+            return False
+    return False
+
+
 def write_companions(model: Model, staging_dir: Path, final_dir: Path, *, force: bool) -> list[Path]:
     """Stage the companion files that are missing or different in ``final_dir``.
 
@@ -102,11 +118,8 @@ def write_companions(model: Model, staging_dir: Path, final_dir: Path, *, force:
     for name, data in companion_files(model).items():
         final = final_dir / name
         if final.is_file():
-            try:
-                if final.read_bytes() == data:
-                    continue
-            except OSError:
-                pass
+            if _same_content(final, data):
+                continue
             if not force:
                 raise OutputError(f"exists with different content; pass --force to replace it (or --no-companions)", path=final)
         path = staging_dir / name

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("LMCONV_TEST_FIXTURES_DEV", ROOT / "fixtures"))  # TEMP-DEV
+FIXTURES = ROOT / "fixtures"
 SCHEMAS = ROOT / "schemas"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")

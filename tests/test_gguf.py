@@ -184,7 +184,7 @@ def test_unknown_architecture_writes_generic_gguf(tmp_path: Path, capsys: pytest
               str(tmp_path / "odd.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["OddModel"], "model_type": "odd"}))
     assert main([str(tmp_path / "odd.safetensors"), str(tmp_path / "odd.gguf")]) == 0
-    assert "llama.cpp will not run it" in capsys.readouterr().err
+    assert "llama.cpp will not run" in capsys.readouterr().err
     names = {t.name for t in GGUFReader(tmp_path / "odd.gguf").tensors}
     assert names == {"encoder.w", "encoder.b"}
     assert main([str(tmp_path / "odd.gguf"), str(tmp_path / "back.safetensors"), "--quiet"]) == 0
