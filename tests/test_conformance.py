@@ -24,23 +24,7 @@ from lmconv.testing import FormatConformance
 EXPECTED = {"safetensors", "pytorch", "gguf", "hf"}
 
 # Known gaps, run as strict xfails: once one is fixed its test XPASSes and fails, so delete the entry then.
-_GGUF_DECLARES = (
-    "GGUFFormat.stores_dtypes is None (every plain dtype) but GGUF stores only f32/f16/bf16/i8/i16/i32/i64; "
-    "f64 and fp8 are written as f32. Fix: declare stores_dtypes in plugins/gguf/format.py"
-)
-_GGUF_NO_GGML = (
-    "u8/u16/u32/u64/bool have no GGML type: write_gguf passes raw_dtype=None to add_tensor_info, which "
-    "gguf-py records as F32, so the file is corrupt or misread. Fix: raise UsageError for them"
-)
-KNOWN_FAILURES: dict[str, dict[str, str]] = {
-    "gguf": {
-        "test_declared_dtype[f64]": _GGUF_DECLARES,
-        "test_declared_dtype[f8_e4m3]": _GGUF_DECLARES,
-        "test_declared_dtype[f8_e5m2]": _GGUF_DECLARES,
-        **{f"test_declared_dtype[{d}]": _GGUF_NO_GGML for d in ("u8", "u16", "u32", "u64", "bool")},
-        "test_ties": "a GGUF of an unknown architecture drops alias names (write_gguf: t.replace(aliases=()))",
-    },
-}
+KNOWN_FAILURES: dict[str, dict[str, str]] = {}
 
 
 def _builtin_formats() -> list[str]:

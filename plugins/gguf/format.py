@@ -30,7 +30,8 @@ from lmconv.units import parse_size
 from . import types as gtypes
 
 GGUF_MAGIC = b"GGUF"
-HF_CONFIG_KEY = "lmconv.hf_config"  # the source config.json, so GGUF → HF gives it back exactly
+HF_CONFIG_KEY = "lmconv.hf_config"
+ALIASES_KEY = "lmconv.aliases"  # the source config.json, so GGUF → HF gives it back exactly
 SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
 # general.* keys that describe the model rather than this file: carried from a GGUF source.
 CARRIED_GENERAL = ("general.name", "general.author", "general.version", "general.organization", "general.basename",
@@ -105,7 +106,12 @@ def _convert_fn(src: dt.DType, target: dt.DType, warn: Any, name: str) -> Any:
         return lambda a: q.quantize(to_f32(a))
     if target.kind == "float":
         np_t = target.numpy
-        return lambda a: to_f32(a).astype(np_t) if src.is_quantized else a.astype(np_t)
+
+        def cast(a: np.ndarray) -> np.ndarray:
+            with np.errstate(over="ignore"):  # a narrowing cast saturates to inf, as llama.cpp's does
+                return to_f32(a).astype(np_t) if src.is_quantized else a.astype(np_t)
+
+        return cast
     raise UsageError(f"{name}: cannot convert {src.name} to {target.name}")
 
 
@@ -130,6 +136,7 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
     reg = get_registry()
     warn = options.warn
     arch = reg.architecture_for(model.architecture)
+    aliases: dict[str, str] = {}
     if arch is not None:
         tensors = arch.to_gguf_tensors(model, warn)
         arch_name = arch.gguf_arch
@@ -141,6 +148,7 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
         warn(f"architecture {model.architecture or arch_name!r} is not known to lmconv: tensors keep their names "
              f"in a generic GGUF that llama.cpp will not run")
         tensors = [t.replace(aliases=()) for t in model]
+        aliases = {a: t.name for t in model for a in t.aliases}
         arch_kv = {k: v for k, v in src_kv.items() if k.startswith(f"{arch_name}.")}
         nmap = None
 
@@ -187,6 +195,8 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
         _add_kv(writer, key, value, typed)
     if cfg:
         writer.add_string(HF_CONFIG_KEY, json.dumps(cfg, sort_keys=True, ensure_ascii=False))
+    if aliases:  # ties of a model llama.cpp does not know: keep them for the way back
+        writer.add_string(ALIASES_KEY, json.dumps(aliases, sort_keys=True))
     for key, value in tokenizer_kv(model, options.extra.get("pre_tokenizer"), warn).items():
         _add_kv(writer, key, value, typed)
 
@@ -304,7 +314,10 @@ def read_gguf(path: Path, options: ReadOptions) -> Model:
             config = {}
     model = Model(source=str(path), format="gguf", tokenizer=Tokenizer(fields=tok_fields))
     if arch is not None:
-        derived = arch.gguf_to_config(kv)
+        try:
+            derived = arch.gguf_to_config(kv)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"metadata lacks or garbles {exc} needed for a {arch_name} model", path=path) from None
         tokens = tok_fields.get("tokenizer.ggml.tokens")
         derived.setdefault("vocab_size", len(tokens) if isinstance(tokens, list) else None)
         for key, field in (("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id"),
@@ -322,10 +335,21 @@ def read_gguf(path: Path, options: ReadOptions) -> Model:
     else:
         options.warn(f"GGUF architecture {arch_name!r} is not known to lmconv; tensors keep their GGUF names")
         tensors = raw
+        stored_aliases = kv.get(ALIASES_KEY)
+        if isinstance(stored_aliases, str):
+            try:
+                pairs = json.loads(stored_aliases)
+            except ValueError:
+                raise InputError(f"metadata {ALIASES_KEY!r} is not JSON", path=path) from None
+            by_name = {t.name: t for t in tensors}
+            for alias, target in sorted(pairs.items()):
+                if target in by_name and alias not in by_name:
+                    by_name[target] = by_name[target].replace(aliases=by_name[target].aliases + (alias,))
+            tensors = list(by_name.values())
     for t in tensors:
         model.add(t)
     model.config = config
-    model.metadata["gguf"] = {k: v for k, v in kv.items() if not k.startswith("tokenizer.") and k != HF_CONFIG_KEY}
+    model.metadata["gguf"] = {k: v for k, v in kv.items() if not k.startswith("tokenizer.") and k not in (HF_CONFIG_KEY, ALIASES_KEY)}
     model.metadata["gguf.types"] = types
     if len(parts) > 1:
         model.metadata["gguf.splits"] = [str(p) for p in parts]
@@ -338,6 +362,7 @@ class GGUFFormat(Format):
     extensions = (".gguf",)
     description = "GGUF for llama.cpp (f32/f16/bf16 and quantised blocks; split files)"
     stores_quantized = True
+    stores_dtypes = frozenset({"f64", "f32", "f16", "bf16", "i8", "i16", "i32", "i64"})
     self_describing = True
 
     def sniff(self, path: Path) -> bool:

@@ -56,9 +56,11 @@ def fallback(dtype: DType, shape: tuple[int, ...]) -> DType:
 
 def default_type(t: Tensor) -> DType:
     """No --dtype/--quant: keep what the source had (lossless), f64 becomes f32."""
-    if t.dtype.is_quantized or t.dtype.name in ("f32", "f16", "bf16") or t.dtype.kind == "int":
+    if t.dtype.is_quantized or t.dtype.ggml is not None:
         return t.dtype
-    return dt.F32
+    if t.dtype.is_float:
+        return dt.F32  # fp8 has no GGML type; f32 holds it exactly
+    raise UsageError(f"tensor {t.name!r} is {t.dtype.name}, which GGUF cannot store (it has no unsigned or bool types)")
 
 
 def plan_types(
@@ -92,7 +94,7 @@ def plan_types(
     plan: dict[str, DType] = {}
     for t in tensors:
         if t.dtype.kind in ("int", "bool"):
-            plan[t.name] = t.dtype
+            plan[t.name] = default_type(t)
             continue
         want = base if base is not None else default_type(t)
         if base is not None and must_stay_f32(t.name, t.shape, tensor_type_of(t.name)):
