@@ -220,12 +220,16 @@ def _save_state(tensors: list[Tensor], path: Path) -> None:
     state: dict[str, Any] = {}
     for t in tensors:
         arr = t.load()
+        if not (arr.flags.writeable and arr.flags.c_contiguous):
+            # torch.from_numpy shares memory and warns on stderr (past --quiet) about a read-only
+            # buffer such as a memory-mapped source, whatever the dtype: copy this one tensor.
+            arr = np.array(arr, copy=True, order="C")
         if t.dtype.name == "bf16":
-            tt = torch.from_numpy(np.ascontiguousarray(arr).view(np.int16)).view(torch.bfloat16)
+            tt = torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
         elif t.dtype.name.startswith("f8_"):
-            tt = torch.from_numpy(np.ascontiguousarray(arr).view(np.uint8)).view(getattr(torch, t.dtype.torch))
+            tt = torch.from_numpy(arr.view(np.uint8)).view(getattr(torch, t.dtype.torch))
         else:
-            tt = torch.from_numpy(np.array(arr, copy=True) if not arr.flags.writeable else arr)
+            tt = torch.from_numpy(arr)
         state[t.name] = tt
         for alias in t.aliases:
             state[alias] = tt

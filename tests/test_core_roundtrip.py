@@ -117,6 +117,34 @@ def test_safetensors_metadata_survives(mixed_model: Path, tmp_path: Path) -> Non
         src = dst
 
 
+def test_every_plain_dtype_round_trips_bit_exact_and_quietly(tmp_path: Path) -> None:
+    """f64 … fp8, signed and unsigned ints, bool: through .pt, an HF folder and sharded .bin, byte for byte.
+
+    Run as a real process with --quiet: stderr must stay empty (no library warnings either)."""
+    from safetensors.numpy import save_file
+
+    from tests.conftest import lmconv
+
+    x = np.random.default_rng(3).standard_normal((5, 8)).astype(np.float32)
+    arrays = {"f64": x.astype(np.float64), "f32": x, "f16": x.astype(np.float16), "bf16": x.astype(ml_dtypes.bfloat16),
+              "f8_e4m3": x.astype(ml_dtypes.float8_e4m3fn), "f8_e5m2": x.astype(ml_dtypes.float8_e5m2),
+              "bool": np.array([True, False, True])}
+    ints = {"i64": np.int64, "i32": np.int32, "i16": np.int16, "i8": np.int8,
+            "u64": np.uint64, "u32": np.uint32, "u16": np.uint16, "u8": np.uint8}
+    for name, np_type in ints.items():
+        arrays[name] = (np.arange(-20, 20) if name[0] == "i" else np.arange(40) * 3).astype(np_type)
+    save_file(arrays, str(tmp_path / "all.safetensors"), metadata={"format": "pt"})
+    want = raw_tensors(tmp_path / "all.safetensors")
+    assert len(want) == 15
+    hops = ["all.pt", "hf/", "pytorch_model.bin.index.json", "back.safetensors"]
+    src = "all.safetensors"
+    for dst in hops:
+        proc = lmconv(src, dst, "--quiet", "--no-companions", cwd=tmp_path)
+        assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == "", f"{src} → {dst}: {proc.stderr}"
+        assert raw_tensors(tmp_path / dst) == want, f"{src} → {dst} is not bit-exact"
+        src = dst
+
+
 def _np_from_raw(raw: tuple[str, tuple[int, ...], bytes]) -> np.ndarray:
     dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "int64": np.int64,
              "bool": np.bool_}[raw[0]]
