@@ -50,11 +50,10 @@ GGML = {t: GGMLQuantizationType[t.upper()] for t in TYPES}
 
 
 def _ggml_base() -> ctypes.CDLL:
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
     lib_dir = Path(llama_cpp.__file__).resolve().parent / "lib"
     candidates = sorted(lib_dir.glob("libggml-base.*"))
-    if not candidates:
-        pytest.skip("llama-cpp-python ships no libggml-base")
+    assert candidates, "llama-cpp-python ships no libggml-base"
     lib = ctypes.CDLL(str(candidates[0]))
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
     lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,

@@ -9,7 +9,6 @@ TensorFlow is imported in this process only by the tests that need it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -24,14 +23,10 @@ import pytest
 
 from .conftest import assert_one_line_error, lmconv, run
 
-HAVE_TF = importlib.util.find_spec("tensorflow") is not None
-needs_tf = pytest.mark.skipif(not HAVE_TF, reason="tensorflow not installed (pip install 'lmconv[tf]')")
 
 
 @pytest.fixture(scope="module")
 def tf() -> Any:
-    if not HAVE_TF:
-        pytest.skip("tensorflow not installed")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import tensorflow
@@ -146,7 +141,6 @@ def logits(folder: Path) -> np.ndarray:
         return model(ids).logits.numpy()
 
 
-@needs_tf
 def test_tf1_openai_gpt2_checkpoint_gives_the_same_logits(tf: Any, tiny_gpt2: Path, tmp_path: Path) -> None:
     w = {k: v for k, v in weights(tiny_gpt2).items() if k != "lm_head.weight"}  # tied: OpenAI's has none
     ckpt = tmp_path / "openai"
@@ -167,7 +161,6 @@ def test_tf1_openai_gpt2_checkpoint_gives_the_same_logits(tf: Any, tiny_gpt2: Pa
     assert_same_tensors(read_all(ckpt), w)
 
 
-@needs_tf
 def test_openai_release_without_config_uses_hparams_json(tf: Any, tiny_gpt2: Path, tmp_path: Path) -> None:
     from lmconv import read_model
 
@@ -183,7 +176,6 @@ def test_openai_release_without_config_uses_hparams_json(tf: Any, tiny_gpt2: Pat
 
 
 # ----------------------------------------------------------------------------- (2) TF2 object-based
-@needs_tf
 def test_tf2_object_based_checkpoint_reads(tf: Any, tiny_gpt2: Path, tmp_path: Path) -> None:
     w = weights(tiny_gpt2)
     root = tf.Module()
@@ -285,10 +277,9 @@ def test_keras3_weights_h5_and_keras_archive(tmp_path: Path) -> None:
     assert_one_line_error(proc, 2, ".h5")
 
 
-@needs_tf
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # keras' own numpy-2 copy= warning
 def test_real_keras_files_read_and_keras_loads_our_h5(tf: Any, tmp_path: Path) -> None:
-    keras = pytest.importorskip("keras")
+    import keras
 
     def make() -> Any:
         return keras.Sequential([
@@ -318,7 +309,6 @@ def test_real_keras_files_read_and_keras_loads_our_h5(tf: Any, tmp_path: Path) -
 
 
 # ----------------------------------------------------------------------------- (4) round trips, our writers
-@needs_tf
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
 def test_safetensors_tf_h5_pytorch_safetensors_is_bit_exact(tf: Any, fixture: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     src: Path = request.getfixturevalue(fixture)
@@ -382,7 +372,6 @@ def test_safetensors_tf_h5_pytorch_safetensors_is_bit_exact(tf: Any, fixture: st
         assert np.array_equal(f[h5_name][()], h5_value)
 
 
-@needs_tf
 def test_bf16_survives_checkpoint_and_h5(tf: Any, tiny_llama: Path, tmp_path: Path) -> None:
     import ml_dtypes
     import torch
@@ -400,7 +389,6 @@ def test_bf16_survives_checkpoint_and_h5(tf: Any, tiny_llama: Path, tmp_path: Pa
 
 
 # ----------------------------------------------------------------------------- (5) inspect
-@needs_tf
 def test_inspect_checkpoint_and_h5(tf: Any, tiny_gpt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from lmconv.cli import main
 
@@ -433,7 +421,6 @@ print(json.dumps({"codes": codes, "loaded_at_start": loaded}))
 """
 
 
-@needs_tf
 def test_missing_tensorflow_names_the_extra_and_h5_still_works(tf: Any, tiny_gpt2: Path, tmp_path: Path) -> None:
     run(tiny_gpt2 / "model.safetensors", tmp_path / "m.ckpt")
     run(tmp_path / "m.ckpt", tmp_path / "m.h5")
@@ -479,7 +466,6 @@ def test_truncated_h5_is_an_input_error(tiny_gpt2: Path, tmp_path: Path) -> None
     assert_one_line_error(lmconv("inspect", tmp_path / "head.h5"), 3, "head.h5")
 
 
-@needs_tf
 def test_missing_data_shard_is_an_input_error(tf: Any, tiny_gpt2: Path, tmp_path: Path) -> None:
     run(tiny_gpt2 / "model.safetensors", tmp_path / "m.ckpt", "--max-shard-size", "40KB")
     data = sorted(tmp_path.glob("m.ckpt.data-*"))
