@@ -8,11 +8,7 @@ runs ``quantize_row_qN_K_ref``, the code our numpy port replays.
 from __future__ import annotations
 
 import ctypes
-import importlib
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -24,23 +20,7 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(module: str, rel: str) -> ModuleType:
-    """The installed lmconv module, or the file in this checkout when lmconv isn't installed."""
-    try:
-        return importlib.import_module(f"lmconv.plugins.quantizers.{module}")
-    except ImportError:
-        name = f"_lmconv_test_{module}"
-        if name in sys.modules:
-            return sys.modules[name]
-        spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-        assert spec and spec.loader
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-        return mod
-
-
-kq = _load("kquants", "plugins/quantizers/kquants.py")
+from lmconv.plugins.quantizers import kquants as kq
 
 TYPES = ["q2_K", "q3_K", "q4_K", "q5_K", "q6_K"]
 GGML = {t: GGMLQuantizationType[t.upper()] for t in TYPES}

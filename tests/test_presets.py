@@ -11,12 +11,8 @@ quantisable tensor takes the preset's K type).
 from __future__ import annotations
 
 import ctypes
-import importlib
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -25,24 +21,8 @@ from gguf import GGUFReader, GGUFWriter
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(module: str, rel: str) -> ModuleType:
-    """The installed lmconv module, or the file in this checkout when lmconv isn't installed."""
-    try:
-        return importlib.import_module(f"lmconv.plugins.quantizers.{module}")
-    except ImportError:
-        name = f"_lmconv_test_{module}"
-        if name in sys.modules:
-            return sys.modules[name]
-        spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-        assert spec and spec.loader
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-        return mod
-
-
-presets = _load("presets", "plugins/quantizers/presets.py")
-kq = _load("kquants", "plugins/quantizers/kquants.py")
+from lmconv.plugins.quantizers import kquants as kq
+from lmconv.plugins.quantizers import presets
 
 MIXTURES = ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
             "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "f16"]
