@@ -97,6 +97,37 @@ def read_model(
     return model
 
 
+def guard_non_finite(model: Model, *, strict: bool, warn: Callable[[str], None]) -> Model:
+    """Check each floating tensor for NaN/Inf as it is loaded for writing (no second pass).
+
+    Weights with NaN or Inf still convert (some checkpoints carry them on purpose, e.g. masks),
+    with a warning naming the tensor; ``--strict`` refuses instead, before anything is renamed
+    into place.
+    """
+    import numpy as np
+
+    from .ir import Tensor
+
+    def wrap(t: Tensor) -> Tensor:
+        if not t.dtype.is_float:
+            return t
+        inner = t._loader
+
+        def load() -> np.ndarray:
+            arr = inner()
+            if not np.isfinite(arr).all():
+                n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+                msg = f"tensor {t.name!r} holds {n_nan} NaN and {n_inf} Inf values"
+                if strict:
+                    raise InputError(f"{msg}; --strict refuses to convert it", path=t.origin or model.source or None)
+                warn(msg)
+            return arr
+
+        return t.replace(loader=load)
+
+    return model.with_tensors([wrap(t) for t in model])
+
+
 @dataclass
 class ConversionResult:
     source: Path
@@ -162,7 +193,7 @@ def convert(
 
     model = read_model(src_path, config=config, warn=_warn, extra=extra)
     on_model(model)
-    prepared = fmt_out.prepare(model, wopts)
+    prepared = guard_non_finite(fmt_out.prepare(model, wopts), strict=bool(wopts.extra.get("strict")), warn=_warn)
     with Staging(dst_path, force=force) as staging:
         staged_target = staging.path_for(dst_path)
         try:
