@@ -413,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=_normalise_argv(argv), prog_name="lmconv", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130) and returns its code
+            _err("lmconv: interrupted; no output was written")
     except LmconvError as exc:
         if debug:
             import traceback
@@ -422,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.exit_code
     except typer.Exit as exc:
         code = exc.exit_code
+        if code == EXIT_INTERRUPTED:
+            _err("lmconv: interrupted; no output was written")
     except (KeyboardInterrupt, typer.Abort):
         _err("lmconv: interrupted; no output was written")
         code = EXIT_INTERRUPTED
