@@ -65,25 +65,24 @@ class LlamaArchitecture(MappedArchitecture):
     def head_dim(self, config: dict[str, Any]) -> int:
         return int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
 
-    def to_gguf_layout(self, hf_name: str, config: dict[str, Any]) -> Any:
+    def _rope_heads(self, hf_name: str, config: dict[str, Any]) -> int | None:
+        """Head count of the rotary permutation for Q (all heads) and K (KV heads); None otherwise."""
         if not self.permute_qk:
             return None
         n_head, n_kv = self._heads(config)
         if ".self_attn.q_proj." in hf_name:
-            return lambda a, c: rope_permute(a, n_head)
+            return n_head
         if ".self_attn.k_proj." in hf_name:
-            return lambda a, c: rope_permute(a, n_kv)
+            return n_kv
         return None
 
+    def to_gguf_layout(self, hf_name: str, config: dict[str, Any]) -> Any:
+        heads = self._rope_heads(hf_name, config)
+        return None if heads is None else (lambda a, c: rope_permute(a, heads))
+
     def from_gguf_layout(self, hf_name: str, config: dict[str, Any]) -> Any:
-        if not self.permute_qk:
-            return None
-        n_head, n_kv = self._heads(config)
-        if ".self_attn.q_proj." in hf_name:
-            return lambda a, c: rope_unpermute(a, n_head)
-        if ".self_attn.k_proj." in hf_name:
-            return lambda a, c: rope_unpermute(a, n_kv)
-        return None
+        heads = self._rope_heads(hf_name, config)
+        return None if heads is None else (lambda a, c: rope_unpermute(a, heads))
 
     def config_to_gguf(self, config: dict[str, Any]) -> dict[str, Any]:
         a = self.gguf_arch
