@@ -7,8 +7,13 @@ the key/values llama.cpp reads, following the conventions of llama.cpp's convert
 * byte-level BPE → ``tokenizer.ggml.model = "gpt2"``, a ``tokenizer.ggml.pre`` name read
   from the tokenizer's own pre-tokenizer (:mod:`.pretokenizer`), tokens as the BPE spells
   them, added tokens as their text, merges as ``"left right"`` strings;
-* SentencePiece-style (tokenizer.model, byte-fallback BPE, Unigram, Metaspace) →
-  ``"llama"`` with pre ``"default"``, pieces, scores and SentencePiece token types;
+* SentencePiece-style BPE (tokenizer.model, byte-fallback BPE, Metaspace) → ``"llama"``
+  with pre ``"default"``, pieces, scores and SentencePiece token types: llama.cpp's SPM
+  tokenizer joins the best-scoring neighbours, which is what such a BPE does;
+* a Unigram tokenizer.json → ``"t5"`` (llama.cpp's Viterbi tokenizer, "UGM") with the same
+  pieces, scores and types, its ``add_space_prefix`` / ``remove_extra_whitespaces`` flags and
+  the ``precompiled_charsmap`` of a ``Precompiled`` normalizer. (``"llama"`` would run
+  llama.cpp's merge-by-score algorithm over a Unigram vocabulary and give other ids.)
 * token types: 1 normal, 2 unknown, 3 control (special added tokens, or ones that look
   special such as ``<|...|>``), 4 user-defined (other added tokens), 5 unused (``[PAD{id}]``
   fillers up to config ``vocab_size``), 6 byte (``<0xXX>``);
@@ -19,7 +24,8 @@ the key/values llama.cpp reads, following the conventions of llama.cpp's convert
 Value types (the GGUF writer maps them; see :data:`ARRAY_ELEMENT_TYPES`): strings are
 ``str``, ids ``int`` (uint32), flags ``bool``; ``tokenizer.ggml.tokens`` and
 ``tokenizer.ggml.merges`` are ``list[str]``, ``tokenizer.ggml.token_type`` is ``list[int]``
-(int32), ``tokenizer.ggml.scores`` is ``list[float]`` (float32).
+(int32), ``tokenizer.ggml.scores`` is ``list[float]`` (float32), and
+``tokenizer.ggml.precompiled_charsmap`` (Unigram only) is ``bytes`` for a UINT8 array.
 
 :func:`gguf_to_hf` goes back: from those fields (ours or llama.cpp's) it builds a
 ``tokenizer.json`` that tokenizes as llama.cpp does, plus ``tokenizer_config.json`` and
@@ -28,6 +34,7 @@ Value types (the GGUF writer maps them; see :data:`ARRAY_ELEMENT_TYPES`): string
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -60,8 +67,11 @@ CHAT_TEMPLATE = "tokenizer.chat_template"
 ID_KEYS = {"bos": K + "bos_token_id", "eos": K + "eos_token_id", "unk": K + "unknown_token_id",
            "sep": K + "seperator_token_id", "pad": K + "padding_token_id", "mask": K + "mask_token_id"}
 
+CHARSMAP, REMOVE_EXTRA_WS = K + "precompiled_charsmap", K + "remove_extra_whitespaces"
+
 ARRAY_ELEMENT_TYPES: dict[str, str] = {
     TOKENS: "string", MERGES: "string", TOKEN_TYPE: "int32", SCORES: "float32", "tokenizer.chat_templates": "string",
+    CHARSMAP: "uint8",  # given as ``bytes``; llama.cpp accepts only an INT8/UINT8 array here
 }
 """Element type of each array-valued key :func:`hf_to_gguf` returns."""
 
@@ -452,6 +462,25 @@ def _spm_prefix(tj: Any) -> bool:
     return False
 
 
+def _unigram_normalizer(tj: Any) -> tuple[bool, bytes | None]:
+    """(remove_extra_whitespaces, precompiled_charsmap) of a Unigram tokenizer.json's normalizer."""
+    remove_extra, charsmap = False, None
+    stack = [tj.get("normalizer")]
+    while stack:
+        n = stack.pop()
+        if not isinstance(n, Mapping):
+            continue
+        stack.extend(n.get("normalizers") or [])
+        if n.get("type") == "Precompiled" and n.get("precompiled_charsmap"):
+            try:
+                charsmap = base64.b64decode(n["precompiled_charsmap"])
+            except (ValueError, TypeError):
+                charsmap = None
+        elif n.get("type") == "Replace" and (n.get("pattern") or {}).get("Regex") == " {2,}":
+            remove_extra = True
+    return remove_extra, charsmap
+
+
 def _spm_vocab(src: _Files, tj: Any, tc: Any, size: int | None) -> dict[str, Any]:
     """Tokens, scores, types, default special ids and add_space_prefix of a SentencePiece-style tokenizer."""
     added = _added_tokens(src, tj, tc)
@@ -544,9 +573,9 @@ def hf_to_gguf(files: Mapping[str, bytes], config: Mapping[str, Any] | None, *, 
         if model_type not in ("BPE", "Unigram"):
             raise UsageError(f"the tokenizer model is {model_type!r}; GGUF writing supports byte-level BPE and "
                              f"SentencePiece-style tokenizers", path=src.path("tokenizer.json"))
-        kind = "llama" if is_sentencepiece_style(tj) else "gpt2"
+        kind = "t5" if model_type == "Unigram" else "llama" if is_sentencepiece_style(tj) else "gpt2"
     elif src.has("tokenizer.model"):
-        kind = "llama"
+        kind = "llama"  # transformers runs a lone tokenizer.model as a BPE (LlamaTokenizer), so does llama.cpp
     elif src.has("vocab.json") and src.has("merges.txt"):
         kind = "gpt2"
     else:
@@ -574,7 +603,7 @@ def hf_to_gguf(files: Mapping[str, bytes], config: Mapping[str, Any] | None, *, 
         spm = _spm_vocab(src, tj, tc, size)
         tokens, types, added = spm["tokens"], spm["types"], spm["added"]
         _check_unique(tokens, spm["where"])
-        out.update({MODEL: "llama", PRE: pre_tokenizer or "default", TOKENS: tokens, TOKEN_TYPE: types,
+        out.update({MODEL: kind, PRE: pre_tokenizer or "default", TOKENS: tokens, TOKEN_TYPE: types,
                     SCORES: spm["scores"]})
         defaults = spm["defaults"]
         # transformers' LlamaTokenizer adds BOS when only tokenizer.model says how to tokenize
@@ -587,8 +616,13 @@ def hf_to_gguf(files: Mapping[str, bytes], config: Mapping[str, Any] | None, *, 
     out[ADD_EOS] = bool(add.get("eos", False))
     if add.get("sep"):
         out[ADD_SEP] = True
-    if kind == "llama":
+    if kind in ("llama", "t5"):
         out[ADD_PREFIX] = bool(spm["prefix"])
+    if kind == "t5":
+        remove_extra, charsmap = _unigram_normalizer(tj)
+        out[REMOVE_EXTRA_WS] = remove_extra
+        if charsmap:
+            out[CHARSMAP] = charsmap
     out.update(_chat_template_kv(_chat_template(src, tc)))
     return out
 
@@ -685,15 +719,16 @@ def gguf_to_hf(fields: Mapping[str, object]) -> dict[str, bytes]:
     special_ids = {typ: _opt_int(fields, key) for typ, key in ID_KEYS.items()}
     special_ids = {typ: i for typ, i in special_ids.items() if i is not None and 0 <= i < len(tokens)}
     names = {typ: tokens[i] for typ, i in special_ids.items()}
+    # llama.cpp's defaults when the flags are absent: SPM adds BOS, UGM adds EOS
     add_bos = _opt_bool(fields, ADD_BOS, model == "llama") and "bos" in names
-    add_eos = _opt_bool(fields, ADD_EOS, False) and "eos" in names
+    add_eos = _opt_bool(fields, ADD_EOS, model == "t5") and "eos" in names
 
     vocab: dict[str, int] = {}
     for i, t in enumerate(tokens):
         vocab.setdefault(t, i)
     added = []
     for i, t in enumerate(tokens):
-        if types[i] in (CONTROL, USER_DEFINED) or (types[i] == UNKNOWN and model == "llama"):
+        if types[i] in (CONTROL, USER_DEFINED) or (types[i] == UNKNOWN and model in ("llama", "t5")):
             added.append({"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
                           "normalized": False, "special": types[i] != USER_DEFINED})
     post = _template(names.get("bos") if add_bos else None, special_ids.get("bos"),
@@ -743,9 +778,34 @@ def gguf_to_hf(fields: Mapping[str, object]) -> dict[str, bytes]:
                       "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": BYTE in types,
                       "ignore_merges": False, "vocab": vocab, "merges": _spm_merges(tokens, types, scores)},
         }
+    elif model == "t5":
+        scores = [float(s) for s in _as_list(fields.get(SCORES))]
+        scores += [0.0] * (len(tokens) - len(scores))
+        prefix = _opt_bool(fields, ADD_PREFIX, False)
+        norms: list[dict[str, Any]] = []
+        charsmap = fields.get(CHARSMAP)
+        if charsmap is not None and len(_as_list(charsmap)) > 0:
+            raw = bytes(charsmap) if isinstance(charsmap, (bytes, bytearray)) else bytes(int(b) & 0xFF for b in _as_list(charsmap))
+            norms.append({"type": "Precompiled", "precompiled_charsmap": base64.b64encode(raw).decode("ascii")})
+        if _opt_bool(fields, REMOVE_EXTRA_WS, False):
+            norms.append({"type": "Strip", "strip_left": True, "strip_right": True})
+            norms.append({"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "})
+        if prefix:
+            norms.append({"type": "Prepend", "prepend": SPIECE})
+        norms.append({"type": "Replace", "pattern": {"String": " "}, "content": SPIECE})
+        decoders = [{"type": "Replace", "pattern": {"String": SPIECE}, "content": " "}, {"type": "Fuse"}]
+        if prefix:
+            decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+        tj = {
+            "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": {"type": "Sequence", "normalizers": norms}, "pre_tokenizer": None, "post_processor": post,
+            "decoder": {"type": "Sequence", "decoders": decoders},
+            "model": {"type": "Unigram", "unk_id": special_ids.get("unk"),
+                      "vocab": [[t, scores[i]] for i, t in enumerate(tokens)], "byte_fallback": False},
+        }
     else:
         raise UsageError(f"the GGUF's tokenizer model {model!r} cannot be rebuilt as a Hugging Face tokenizer "
-                         f"(lmconv rebuilds 'gpt2' and 'llama')")
+                         f"(lmconv rebuilds 'gpt2', 'llama' and 't5')")
 
     config: dict[str, Any] = {"add_bos_token": add_bos, "add_eos_token": add_eos}
     stm: dict[str, str] = {}
