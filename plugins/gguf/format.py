@@ -53,6 +53,8 @@ def _kv_type(key: str, value: Any) -> tuple[Any, Any]:
         return T.FLOAT32, None
     if isinstance(value, str):
         return T.STRING, None
+    if isinstance(value, (bytes, bytearray)):  # e.g. tokenizer.ggml.precompiled_charsmap
+        return T.ARRAY, T.UINT8
     if isinstance(value, (list, tuple)):
         if key.endswith(".token_type"):
             return T.ARRAY, T.INT32
@@ -73,7 +75,7 @@ def _kv_type(key: str, value: Any) -> tuple[Any, Any]:
 def _add_kv(writer: Any, key: str, value: Any, typed: dict[str, tuple[int, int | None]] | None = None) -> None:
     from gguf import GGUFValueType as T
 
-    if isinstance(value, (list, tuple)) and not value:
+    if isinstance(value, (list, tuple, bytes, bytearray)) and not value:
         return  # GGUF has no empty arrays; an absent key means the same to llama.cpp
 
     if typed and key in typed:
@@ -85,7 +87,7 @@ def _add_kv(writer: Any, key: str, value: Any, typed: dict[str, tuple[int, int |
     else:
         vt, st = _kv_type(key, value)
     if vt == T.ARRAY:
-        value = list(value)
+        value = list(value)  # bytes become a list of ints for a UINT8 array
     writer.add_key_value(key, value, vt, sub_type=st)
 
 

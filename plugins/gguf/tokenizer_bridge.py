@@ -39,7 +39,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lmconv.errors import InputError, UsageError
@@ -60,8 +60,10 @@ __all__ = ["ARRAY_ELEMENT_TYPES", "KNOWN_PRE_TOKENIZERS", "gguf_to_hf", "hf_to_g
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 K = "tokenizer.ggml."
-MODEL, PRE, TOKENS, TOKEN_TYPE, SCORES, MERGES = (K + s for s in ("model", "pre", "tokens", "token_type", "scores", "merges"))
-ADD_BOS, ADD_EOS, ADD_SEP, ADD_PREFIX = K + "add_bos_token", K + "add_eos_token", K + "add_sep_token", K + "add_space_prefix"
+MODEL, PRE, TOKENS, TOKEN_TYPE = K + "model", K + "pre", K + "tokens", K + "token_type"
+SCORES, MERGES = K + "scores", K + "merges"
+ADD_BOS, ADD_EOS, ADD_SEP = K + "add_bos_token", K + "add_eos_token", K + "add_sep_token"
+ADD_PREFIX = K + "add_space_prefix"
 CHAT_TEMPLATE = "tokenizer.chat_template"
 # special-token kind → GGUF key (gguf-py spells "seperator").
 ID_KEYS = {"bos": K + "bos_token_id", "eos": K + "eos_token_id", "unk": K + "unknown_token_id",
@@ -154,6 +156,23 @@ def _added_tokens(src: _Files, tj: Any, tc: Any) -> dict[int, dict[str, Any]]:
         for content, idx in extra.items():
             if isinstance(idx, int):
                 out.setdefault(idx, {"content": str(content), "special": False})
+    return out
+
+
+def _named_specials(tc: Any, stm: Any) -> set[str]:
+    """Special tokens the configs name (bos_token, ..., additional_special_tokens); transformers adds them."""
+    out: set[str] = set()
+    for cfg in (tc, stm):
+        if not isinstance(cfg, Mapping):
+            continue
+        for typ in ("bos", "eos", "unk", "sep", "pad", "cls", "mask"):
+            text = _content(cfg.get(f"{typ}_token"))
+            if text:
+                out.add(text)
+        for entry in cfg.get("additional_special_tokens") or cfg.get("extra_special_tokens") or []:
+            text = _content(entry)
+            if text:
+                out.add(text)
     return out
 
 
@@ -319,7 +338,8 @@ def _int32(v: int) -> int:
 def _read_sentencepiece(raw: bytes) -> dict[str, Any]:
     """The parts of a SentencePiece ModelProto llama.cpp uses (pieces; trainer and normalizer specs)."""
     pieces: list[tuple[str, float, int]] = []
-    trainer: dict[str, Any] = {"model_type": 1, "byte_fallback": False, "unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}
+    trainer: dict[str, Any] = {"model_type": 1, "byte_fallback": False,
+                               "unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}
     normalizer: dict[str, Any] = {"add_dummy_prefix": True}
     for field, wire, value in _proto_fields(raw):
         if field == 1 and wire == 2:
@@ -347,6 +367,10 @@ def _read_sentencepiece(raw: bytes) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------- vocabularies
+def _f32(x: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", float(x)))[0]
+
+
 def _pad(tokens: list[str], types: list[int], scores: list[float] | None, size: int | None, where: str) -> None:
     """Fill ids no file names, and pad to the model's vocab_size, with ``[PAD{id}]`` unused tokens."""
     if size is not None and len(tokens) > size:
@@ -387,7 +411,8 @@ def _merge_strings(merges: Any, where: str) -> list[str]:
     return out
 
 
-def _bytelevel_vocab(src: _Files, tj: Any, tc: Any, size: int | None) -> tuple[list[str], list[int], list[str], dict[int, Any]]:
+def _bytelevel_vocab(src: _Files, tj: Any, tc: Any, stm: Any,
+                     size: int | None) -> tuple[list[str], list[int], list[str], dict[int, Any]]:
     if tj is not None:
         model = tj.get("model") or {}
         vocab = model.get("vocab")
@@ -410,6 +435,10 @@ def _bytelevel_vocab(src: _Files, tj: Any, tc: Any, size: int | None) -> tuple[l
                 raise InputError(f"line {n + 1} is not 'left right'", path=src.path("merges.txt"))
             merges.append(f"{parts[0]} {parts[1]}")
     added = _added_tokens(src, tj, tc)
+    named = _named_specials(tc, stm)
+    for tok, idx in vocab.items():
+        if tok in named and isinstance(idx, int) and idx not in added:
+            added[idx] = {"content": tok, "special": True}
     ids = [i for i in vocab.values() if isinstance(i, int)] + list(added)
     n = max(ids) + 1 if ids else 0
     tokens: list[Any] = [None] * n
@@ -424,12 +453,21 @@ def _bytelevel_vocab(src: _Files, tj: Any, tc: Any, size: int | None) -> tuple[l
     return tokens, types, merges, added
 
 
-def _merge_ranks_scores(tokens: list[str], types: list[int], merges: list[str]) -> list[float]:
-    """SentencePiece-like scores for a byte-fallback BPE: a token made by the merge of rank r scores -r."""
+def _merge_ranks_scores(tokens: list[str], types: list[int], merges: Any) -> list[float]:
+    """SentencePiece-like scores for a byte-fallback BPE: a token made by the merge of rank r scores -r.
+
+    llama.cpp's SPM tokenizer joins the neighbours whose joined text scores best, so the
+    merge order of the BPE becomes the score order of the merged tokens.
+    """
+    merges = list(merges or [])
     rank: dict[str, int] = {}
     for r, m in enumerate(merges):
-        left, _, right = m.partition(" ")
-        rank.setdefault(left + right, r)
+        if isinstance(m, str):
+            cut = m.find(" ", 1)
+            joined = m[:cut] + m[cut + 1:] if cut > 0 else m
+        else:
+            joined = "".join(str(p) for p in m)
+        rank.setdefault(joined, r)
     out = []
     for i, tok in enumerate(tokens):
         if types[i] in (CONTROL, USER_DEFINED):
@@ -478,10 +516,16 @@ def _unigram_normalizer(tj: Any) -> tuple[bool, bytes | None]:
                 charsmap = None
         elif n.get("type") == "Replace" and (n.get("pattern") or {}).get("Regex") == " {2,}":
             remove_extra = True
+    stack = [tj.get("pre_tokenizer")]
+    while stack:  # T5's way: WhitespaceSplit drops runs of whitespace, then Metaspace
+        p = stack.pop()
+        if isinstance(p, Mapping):
+            stack.extend(p.get("pretokenizers") or [])
+            remove_extra = remove_extra or p.get("type") == "WhitespaceSplit"
     return remove_extra, charsmap
 
 
-def _spm_vocab(src: _Files, tj: Any, tc: Any, size: int | None) -> dict[str, Any]:
+def _spm_vocab(src: _Files, tj: Any, tc: Any, stm: Any, size: int | None) -> dict[str, Any]:
     """Tokens, scores, types, default special ids and add_space_prefix of a SentencePiece-style tokenizer."""
     added = _added_tokens(src, tj, tc)
     defaults: dict[str, int | None] = {}
@@ -493,7 +537,8 @@ def _spm_vocab(src: _Files, tj: Any, tc: Any, size: int | None) -> dict[str, Any
             raise InputError("is not a SentencePiece model", path=where) from None
         tokens: list[Any] = [p for p, _, _ in spm["pieces"]]
         scores = [float(s) for _, s, _ in spm["pieces"]]
-        types = [t if t in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE) else NORMAL for _, _, t in spm["pieces"]]
+        known = (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE)
+        types = [t if t in known else NORMAL for _, _, t in spm["pieces"]]
         tr = spm["trainer"]
         defaults = {"unk": tr["unk_id"], "bos": tr["bos_id"], "eos": tr["eos_id"],
                     "pad": tr["pad_id"] if tr["pad_id"] >= 0 else None}
@@ -508,7 +553,8 @@ def _spm_vocab(src: _Files, tj: Any, tc: Any, size: int | None) -> dict[str, Any
             tokens = [str(v[0]) for v in vocab]
             scores = [float(v[1]) for v in vocab]
             unk_id = model.get("unk_id")
-            types = [UNKNOWN if i == unk_id else BYTE if _BYTE_TOKEN.fullmatch(t) else NORMAL for i, t in enumerate(tokens)]
+            types = [UNKNOWN if i == unk_id else BYTE if _BYTE_TOKEN.fullmatch(t) else NORMAL
+                     for i, t in enumerate(tokens)]
             defaults["unk"] = unk_id if isinstance(unk_id, int) else None
         else:
             vocab = model.get("vocab")
@@ -518,7 +564,8 @@ def _spm_vocab(src: _Files, tj: Any, tc: Any, size: int | None) -> dict[str, Any
             tokens = [None] * n
             for tok, idx in vocab.items():
                 tokens[idx] = tok
-            unk = model.get("unk_token")
+            unk = (model.get("unk_token") or _content((tc or {}).get("unk_token"))
+                   or _content((stm or {}).get("unk_token")))
             types = [UNKNOWN if t is not None and t == unk else BYTE if t is not None and _BYTE_TOKEN.fullmatch(t)
                      else NORMAL for t in tokens]
             if isinstance(unk, str) and unk in vocab:
@@ -539,10 +586,10 @@ def _spm_vocab(src: _Files, tj: Any, tc: Any, size: int | None) -> dict[str, Any
         if scores is not None:
             scores[idx] = _USER_SCORE
     if scores is None:
-        merges = _merge_strings((tj.get("model") or {}).get("merges"), where)
         filled = [t if t is not None else "" for t in tokens]
-        scores = _merge_ranks_scores(filled, types, merges)
+        scores = _merge_ranks_scores(filled, types, (tj.get("model") or {}).get("merges"))
     _pad(tokens, types, scores, size, where)
+    scores = [_f32(x) for x in scores]  # exactly what the GGUF's float32 array will hold
     return {"tokens": tokens, "types": types, "scores": scores, "defaults": defaults, "prefix": prefix,
             "added": added, "where": where}
 
@@ -566,6 +613,8 @@ def hf_to_gguf(files: Mapping[str, bytes], config: Mapping[str, Any] | None, *, 
     stm = src.json("special_tokens_map.json")
     if tj is not None and not isinstance(tj, Mapping):
         raise InputError("is not a tokenizers JSON object", path=src.path("tokenizer.json"))
+    tc = tc if isinstance(tc, Mapping) else None
+    stm = stm if isinstance(stm, Mapping) else None
     size = _config_vocab_size(config)
 
     if tj is not None:
@@ -579,7 +628,8 @@ def hf_to_gguf(files: Mapping[str, bytes], config: Mapping[str, Any] | None, *, 
     elif src.has("vocab.json") and src.has("merges.txt"):
         kind = "gpt2"
     else:
-        raise InputError("no tokenizer.json, tokenizer.model or vocab.json + merges.txt to build a GGUF vocabulary from",
+        raise InputError("no tokenizer.json, tokenizer.model or vocab.json + merges.txt to build a GGUF "
+                         "vocabulary from",
                          path=src.where or None)
 
     out: dict[str, object] = {}
@@ -593,14 +643,14 @@ def hf_to_gguf(files: Mapping[str, bytes], config: Mapping[str, Any] | None, *, 
                                  f"(e.g. {examples})", path=src.path("tokenizer.json"))
         else:
             pre = pre_tokenizer
-        tokens, types, merges, added = _bytelevel_vocab(src, tj, tc, size)
+        tokens, types, merges, added = _bytelevel_vocab(src, tj, tc, stm, size)
         where = src.path("tokenizer.json" if tj is not None else "vocab.json")
         _check_unique(tokens, where)
         out.update({MODEL: "gpt2", PRE: pre, TOKENS: tokens, TOKEN_TYPE: types, MERGES: merges})
         defaults: Mapping[str, int | None] = {}
         default_add = {"bos": False, "eos": False}
     else:
-        spm = _spm_vocab(src, tj, tc, size)
+        spm = _spm_vocab(src, tj, tc, stm, size)
         tokens, types, added = spm["tokens"], spm["types"], spm["added"]
         _check_unique(tokens, spm["where"])
         out.update({MODEL: kind, PRE: pre_tokenizer or "default", TOKENS: tokens, TOKEN_TYPE: types,
@@ -706,8 +756,9 @@ def gguf_to_hf(fields: Mapping[str, object]) -> dict[str, bytes]:
     """tokenizer.json, tokenizer_config.json and special_tokens_map.json from GGUF ``tokenizer.*`` fields.
 
     The tokenizer.json splits and merges as llama.cpp does for the same fields: byte-level BPE
-    with the pre-tokenizer named by ``tokenizer.ggml.pre``, or (``"llama"``) a byte-fallback
-    BPE whose merges follow the SentencePiece scores. Raises :class:`UsageError` for a
+    with the pre-tokenizer named by ``tokenizer.ggml.pre`` (``"gpt2"``), a byte-fallback BPE
+    whose merges follow the SentencePiece scores (``"llama"``), or a Unigram with the same
+    scores, charsmap and whitespace handling (``"t5"``). Raises :class:`UsageError` for a
     tokenizer model or pre-tokenizer that has no tokenizer.json equivalent.
     """
     model = _as_str(fields.get(MODEL, ""))
@@ -763,7 +814,8 @@ def gguf_to_hf(fields: Mapping[str, object]) -> dict[str, bytes]:
         scores += [0.0] * (len(tokens) - len(scores))
         prefix = _opt_bool(fields, ADD_PREFIX, True)
         replace = {"type": "Replace", "pattern": {"String": " "}, "content": SPIECE}
-        normalizer = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": SPIECE}, replace]} if prefix else replace
+        prepend = {"type": "Prepend", "prepend": SPIECE}
+        normalizer = {"type": "Sequence", "normalizers": [prepend, replace]} if prefix else replace
         decoders: list[dict[str, Any]] = [
             {"type": "Replace", "pattern": {"String": SPIECE}, "content": " "},
             {"type": "ByteFallback"}, {"type": "Fuse"},
@@ -785,20 +837,28 @@ def gguf_to_hf(fields: Mapping[str, object]) -> dict[str, bytes]:
         norms: list[dict[str, Any]] = []
         charsmap = fields.get(CHARSMAP)
         if charsmap is not None and len(_as_list(charsmap)) > 0:
-            raw = bytes(charsmap) if isinstance(charsmap, (bytes, bytearray)) else bytes(int(b) & 0xFF for b in _as_list(charsmap))
+            if isinstance(charsmap, (bytes, bytearray)):
+                raw = bytes(charsmap)
+            else:
+                raw = bytes(int(b) & 0xFF for b in _as_list(charsmap))
             norms.append({"type": "Precompiled", "precompiled_charsmap": base64.b64encode(raw).decode("ascii")})
-        if _opt_bool(fields, REMOVE_EXTRA_WS, False):
-            norms.append({"type": "Strip", "strip_left": True, "strip_right": True})
-            norms.append({"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "})
-        if prefix:
-            norms.append({"type": "Prepend", "prepend": SPIECE})
-        norms.append({"type": "Replace", "pattern": {"String": " "}, "content": SPIECE})
+        pre_tok = None
+        if _opt_bool(fields, REMOVE_EXTRA_WS, False):  # as transformers' T5 converter spells it
+            pre_tok = {"type": "Sequence", "pretokenizers": [
+                {"type": "WhitespaceSplit"},
+                {"type": "Metaspace", "replacement": SPIECE, "prepend_scheme": "always" if prefix else "never",
+                 "split": True}]}
+        else:
+            if prefix:
+                norms.append({"type": "Prepend", "prepend": SPIECE})
+            norms.append({"type": "Replace", "pattern": {"String": " "}, "content": SPIECE})
         decoders = [{"type": "Replace", "pattern": {"String": SPIECE}, "content": " "}, {"type": "Fuse"}]
         if prefix:
             decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
         tj = {
             "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
-            "normalizer": {"type": "Sequence", "normalizers": norms}, "pre_tokenizer": None, "post_processor": post,
+            "normalizer": {"type": "Sequence", "normalizers": norms} if norms else None, "pre_tokenizer": pre_tok,
+            "post_processor": post,
             "decoder": {"type": "Sequence", "decoders": decoders},
             "model": {"type": "Unigram", "unk_id": special_ids.get("unk"),
                       "vocab": [[t, scores[i]] for i, t in enumerate(tokens)], "byte_fallback": False},
@@ -819,7 +879,8 @@ def gguf_to_hf(fields: Mapping[str, object]) -> dict[str, bytes]:
     template = fields.get(CHAT_TEMPLATE)
     named = sorted(k for k in fields if k.startswith(CHAT_TEMPLATE + "."))
     if named:
-        config["chat_template"] = ([{"name": "default", "template": _as_str(template)}] if template is not None else []) + [
+        default = [{"name": "default", "template": _as_str(template)}] if template is not None else []
+        config["chat_template"] = default + [
             {"name": k[len(CHAT_TEMPLATE) + 1:], "template": _as_str(fields[k])} for k in named]
     elif template is not None:
         config["chat_template"] = _as_str(template)
