@@ -170,26 +170,27 @@ def inspect_cmd(
     if as_json:
         sys.stdout.write(json.dumps(man, indent=2, ensure_ascii=False) + "\n")
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console()
-    con.print(f"[bold]{path}[/bold]  format: {man['format']}  architecture: {man['architecture'] or 'unknown'}")
+    # Plain text, no rich: importing it costs more than the whole header parse (`inspect` answers in < 0.3 s).
+    out = [f"{path}  format: {man['format']}  architecture: {man['architecture'] or 'unknown'}"]
     if man["config"]:
-        con.print("config: " + ", ".join(f"{k}={v}" for k, v in man["config"].items()))
+        out.append("config: " + ", ".join(f"{k}={v}" for k, v in man["config"].items()))
     if man["tokenizer"]:
-        con.print("tokenizer: " + ", ".join(f"{k}={v}" for k, v in man["tokenizer"].items() if v not in (None, [], "")))
+        out.append("tokenizer: " + ", ".join(f"{k}={v}" for k, v in man["tokenizer"].items() if v not in (None, [], "")))
     gguf_kv = man["metadata"].get("gguf")
     if isinstance(gguf_kv, dict):
-        for k, v in gguf_kv.items():
-            con.print(f"  {k} = {v}")
-    table = Table("name", "shape", "dtype", "bytes", show_lines=False)
+        out.extend(f"  {k} = {v}" for k, v in gguf_kv.items())
+    rows = [("name", "shape", "dtype", "bytes")]
     for t in man["tensors"]:
         alias = f" (= {', '.join(t['aliases'])})" if t["aliases"] else ""
-        table.add_row(t["name"] + alias, "×".join(map(str, t["shape"])) or "scalar", t["dtype"], f"{t['bytes']:,}")
-    con.print(table)
+        rows.append((t["name"] + alias, "×".join(map(str, t["shape"])) or "scalar", t["dtype"], f"{t['bytes']:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for i, r in enumerate(rows):
+        out.append(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}".rstrip())
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
     tot = man["totals"]
-    con.print(f"{tot['tensors']} tensors, {tot['parameters']:,} parameters, {_human(tot['bytes'])}")
+    out.append(f"{tot['tensors']} tensors, {tot['parameters']:,} parameters, {_human(tot['bytes'])}")
+    sys.stdout.write("\n".join(out) + "\n")
 
 
 @app.command("formats", help="List the registered formats.")
@@ -396,6 +397,31 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return ["convert", *argv]
 
 
+def _plain_inspect_args(argv: list[str]) -> dict[str, Any] | None:
+    """``inspect PATH [--json] [--debug] [--config FILE]`` as keyword arguments; None for anything else
+    (help, unknown flags, odd spellings), which typer then parses and reports as usual."""
+    if not argv or argv[0] != "inspect":
+        return None
+    kw: dict[str, Any] = {"path": None, "as_json": False, "config": None, "debug": False}
+    rest = argv[1:]
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a == "--json":
+            kw["as_json"] = True
+        elif a == "--debug":
+            kw["debug"] = True
+        elif a == "--config" and i + 1 < len(rest) and not rest[i + 1].startswith("-"):
+            kw["config"] = rest[i + 1]
+            i += 1
+        elif a and not a.startswith("-") and kw["path"] is None:
+            kw["path"] = a
+        else:
+            return None
+        i += 1
+    return kw if kw["path"] is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app, turns every user error into one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -405,13 +431,23 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"lmconv {version('lmconv')}\n")
         return 0
     debug = "--debug" in argv or os.environ.get("LMCONV_DEBUG") == "1"
+    norm = _normalise_argv(argv)
+    if norm[0] in ("inspect", "formats", "plugins") or (norm[0] == "convert" and "--verify" not in argv):
+        # No BLAS work happens in these commands (casts and quantisers are element-wise), and OpenBLAS
+        # starting a thread pool per core doubles numpy's import time. Only a forward-pass
+        # verification multiplies matrices, so it keeps the default. Set before numpy is imported.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit becomes EFBIG, not a kill
     from .errors import EXIT_INTERRUPTED, LmconvError
 
     code = 0
     try:
-        rv = app(args=_normalise_argv(argv), prog_name="lmconv", standalone_mode=False)
+        fast = _plain_inspect_args(norm)
+        if fast is not None:  # the common `inspect PATH [--json]` skips typer's per-parameter pydantic set-up
+            inspect_cmd(**fast)
+            return 0
+        rv = app(args=norm, prog_name="lmconv", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130) and returns its code
             _err("lmconv: interrupted; no output was written")

@@ -30,7 +30,7 @@ class Tensor:
     (``"cast:f16"``, ``"quant:q8_0"``) so verification can pick the right tolerance.
     """
 
-    __slots__ = ("name", "shape", "dtype", "_loader", "aliases", "history", "origin", "undo", "_release")
+    __slots__ = ("name", "shape", "dtype", "_loader", "aliases", "history", "origin", "undo", "_release", "_rows")
 
     def __init__(
         self,
@@ -44,6 +44,7 @@ class Tensor:
         origin: str = "",
         undo: Tensor | None = None,
         release: Callable[[], None] | None = None,
+        rows: tuple[Callable[[np.ndarray], np.ndarray], Tensor] | None = None,
     ) -> None:
         self.name = name
         self.shape = tuple(int(d) for d in shape)
@@ -60,6 +61,9 @@ class Tensor:
         # readers drop the pages from this process (the page cache keeps them), so
         # RSS stays bounded by the tensors in flight, not by the size of the model.
         self._release = release
+        # ``(fn, parent)`` when this tensor is ``fn(parent.load())`` for a row-wise ``fn`` (see
+        # :meth:`map`): writers then compute and write it in chunks of rows (lmconv.streaming).
+        self._rows = rows
 
     @property
     def nbytes(self) -> int:
@@ -98,9 +102,37 @@ class Tensor:
             "name": self.name, "shape": self.shape, "dtype": self.dtype, "loader": self._loader,
             "aliases": self.aliases, "history": self.history, "origin": self.origin, "undo": self.undo,
             "release": self._release,
+            # a new loader, shape or dtype is another recipe: the row-wise one no longer describes it
+            "rows": None if {"loader", "shape", "dtype"} & set(changes) else self._rows,
         }
         kw.update(changes)
         return Tensor(kw.pop("name"), kw.pop("shape"), kw.pop("dtype"), kw.pop("loader"), **kw)
+
+    def row_source(self) -> tuple[Callable[[np.ndarray], np.ndarray], Tensor] | None:
+        """``(fn, source)`` with ``self == fn(source.load())`` and ``fn`` row-wise, or None.
+
+        Chains of row-wise maps (dequantise, then cast) are composed into one function of the
+        first source that is not itself a row-wise map.
+        """
+        if self._rows is None:
+            return None
+        fn, parent = self._rows
+        inner = parent.row_source()
+        if inner is None:
+            return fn, parent
+        fn0, src = inner
+        return (lambda a: fn(fn0(a))), src
+
+    def wrap_source(self, wrap: Callable[[Loader], Loader]) -> Tensor:
+        """This tensor with ``wrap`` around the loader of its data's source: for a row-wise map,
+        around the source's (so it stays row-wise); otherwise around its own."""
+        if self._rows is not None:
+            fn, parent = self._rows
+            new = parent.wrap_source(wrap).map(fn, shape=self.shape, dtype=self.dtype, rows=True)
+            new.name, new.aliases, new.history = self.name, self.aliases, self.history
+            new.origin, new.undo = self.origin, self.undo
+            return new
+        return self.replace(loader=wrap(self._loader))
 
     def map(
         self,
@@ -110,18 +142,39 @@ class Tensor:
         dtype: DType | None = None,
         name: str | None = None,
         note: str | None = None,
+        rows: bool = False,
     ) -> Tensor:
-        """A lazy transform: a new tensor whose data is ``fn(self.load())``, computed on demand."""
+        """A lazy transform: a new tensor whose data is ``fn(self.load())``, computed on demand.
+
+        ``rows=True`` promises that ``fn`` works row by row (every row of the last axis becomes one
+        row of the result, independently: casts, block quantisers): a large tensor is then
+        computed in chunks of rows on all cores (see :func:`lmconv.streaming.map_rows`).
+        """
         parent = self
-        return self.replace(
+        out_shape = self.shape if shape is None else tuple(shape)
+        out_dtype = dtype or self.dtype
+        if rows:
+            from .streaming import map_rows
+
+            np_out = out_dtype.numpy if out_dtype.numpy is not None else np.dtype(np.uint8)
+
+            def loader() -> np.ndarray:
+                return map_rows(fn, parent.load(), out_dtype.storage_shape(out_shape), np_out)
+
+        else:
+            loader = lambda: fn(parent.load())
+        new = self.replace(
             name=name or self.name,
-            shape=self.shape if shape is None else tuple(shape),
-            dtype=dtype or self.dtype,
-            loader=lambda: fn(parent.load()),
+            shape=out_shape,
+            dtype=out_dtype,
+            loader=loader,
             history=self.history + ((note,) if note else ()),
             undo=None,
             release=parent.release,
         )
+        if rows:
+            new._rows = (fn, parent)
+        return new
 
     def cast(self, dtype: DType) -> Tensor:
         """Cast a floating tensor to another float dtype (round-to-nearest-even); others unchanged."""
@@ -130,7 +183,7 @@ class Tensor:
         np_dtype = dtype.numpy
         # Narrowing is lossy, widening is exact: only the lossy step enters the history.
         lossy = dtype.type_size < self.dtype.type_size or (dtype.name == "bf16" and self.dtype.name == "f16")
-        return self.map(_cast_to(np_dtype), dtype=dtype, note=f"cast:{dtype.name}" if lossy else None)
+        return self.map(_cast_to(np_dtype), dtype=dtype, note=f"cast:{dtype.name}" if lossy else None, rows=True)
 
     def __repr__(self) -> str:
         alias = f" aka {', '.join(self.aliases)}" if self.aliases else ""

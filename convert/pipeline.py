@@ -107,23 +107,30 @@ def guard_non_finite(model: Model, *, strict: bool, warn: Callable[[str], None])
     import numpy as np
 
     from .ir import Tensor
+    from .streaming import all_finite
 
     def wrap(t: Tensor) -> Tensor:
         if not t.dtype.is_float:
             return t
-        inner = t._loader
+        rs = t.row_source()
+        # A cast or quantisation of a float source is checked on its source, so that the check
+        # stays inside the row-chunked work (and counts what the file holds, before any cast).
+        at_source = rs is not None and rs[1].dtype.is_float
 
-        def load() -> np.ndarray:
-            arr = inner()
-            if not np.isfinite(arr).all():
-                n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
-                msg = f"tensor {t.name!r} holds {n_nan} NaN and {n_inf} Inf values"
-                if strict:
-                    raise InputError(f"{msg}; --strict refuses to convert it", path=t.origin or model.source or None)
-                warn(msg)
-            return arr
+        def checked(inner: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+            def load() -> np.ndarray:
+                arr = inner()
+                if not all_finite(arr):
+                    n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+                    msg = f"tensor {t.name!r} holds {n_nan} NaN and {n_inf} Inf values"
+                    if strict:
+                        raise InputError(f"{msg}; --strict refuses to convert it", path=t.origin or model.source or None)
+                    warn(msg)
+                return arr
 
-        return t.replace(loader=load)
+            return load
+
+        return t.wrap_source(checked) if at_source else t.replace(loader=checked(t._loader))
 
     return model.with_tensors([wrap(t) for t in model])
 

@@ -24,7 +24,6 @@ from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor, Tokenizer
 from lmconv.mapping import drop_pages
 from lmconv.registry import get_registry
-from lmconv.streaming import default_workers, iter_loaded
 from lmconv.units import parse_size
 
 from . import types as gtypes
@@ -178,7 +177,7 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
         fn = _convert_fn(t.dtype, target, warn, t.name)
         if fn is not None:
             note = f"quant:{target.name}" if target.is_quantized else f"cast:{target.name}"
-            t = t.map(fn, dtype=target, note=note)
+            t = t.map(fn, dtype=target, note=note, rows=True)  # casts and quantisers work row by row
         out.append(t)
 
     split = parse_size(options.extra["split_max_size"], option="--split-max-size") if options.extra.get("split_max_size") else 0
@@ -211,46 +210,71 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
         writer.write_header_to_file(path)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for t, arr in iter_loaded(out, workers=default_workers(), window=default_workers() + 1):
-            if t.dtype.is_quantized and arr.dtype != np.uint8:
-                arr = arr.view(np.uint8)
-            writer.write_tensor_data(np.ascontiguousarray(arr))
-            del arr
-            t.release()
-            options.progress(t.nbytes)
+        _write_tensor_data(writer, out, options)
     finally:
         writer.close()
     return produced
 
 
+def _write_tensor_data(writer: Any, tensors: list[Tensor], options: WriteOptions) -> None:
+    """Tensor data after the header, streamed piece by piece (see ``lmconv.streaming.iter_pieces``).
+
+    gguf-py's ``write_tensor_data`` wants each tensor as one array; this does what it does
+    (the next file of a split that still expects tensors, alignment padding before and after)
+    for a tensor that arrives in pieces, so no tensor-sized result is ever held.
+    """
+    from gguf.gguf_writer import WriterState
+
+    from lmconv.streaming import iter_pieces, write_array
+
+    fout = None
+    done = 0
+    for t, piece, last in iter_pieces(tensors):
+        if fout is None:  # first piece of a tensor
+            file_id = next(i for i, tis in enumerate(writer.tensors) if tis)
+            fout = writer.fout[file_id]
+            ti = writer.tensors[file_id].pop(next(iter(writer.tensors[file_id])))
+            if ti.nbytes != t.nbytes:
+                raise InputError(f"tensor {t.name!r}: {t.nbytes} bytes planned, {ti.nbytes} declared", path=t.origin or None)
+            writer.write_padding(fout, fout.tell())
+        n = write_array(fout, piece)
+        del piece
+        done += n
+        options.progress(n)
+        if last:
+            if done != t.nbytes:
+                raise InputError(f"tensor {t.name!r} produced {done} bytes, not the {t.nbytes} declared", path=t.origin or None)
+            writer.write_padding(fout, done)
+            writer.state = WriterState.WEIGHTS
+            t.release()
+            fout, done = None, 0
+
+
 # ----------------------------------------------------------------------------------- reading
 def _open_reader(path: Path) -> Any:
-    from gguf import GGUFReader
+    """The parsed header (see :mod:`.reader`); a file it refuses gets validate's precise one-line message."""
+    import struct
 
+    from .reader import GGUFFile, UnknownTensorType
     from .validate import check_gguf_header
 
-    check_gguf_header(path)
     try:
-        return GGUFReader(path)
+        return GGUFFile(path)
+    except UnknownTensorType as exc:
+        raise InputError(str(exc), path=path) from None
+    except OSError as exc:
+        raise InputError(f"cannot open: {exc.strerror}", path=path) from None
     except MemoryError:
         raise InputError("claims more memory than exists (corrupt or hostile header)", path=path) from None
-    except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError, OSError) as exc:
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error) as exc:
+        check_gguf_header(path)  # raises the specific message when the structure itself is broken
+        if isinstance(exc, UnicodeDecodeError):
+            raise InputError(f"metadata is not valid UTF-8 ({exc})", path=path) from None
         raise InputError(f"is not a valid GGUF file ({' '.join(str(exc).split())[:160]})", path=path) from None
 
 
 def _field_values(reader: Any, path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, int | None]]]:
-    kv: dict[str, Any] = {}
-    types: dict[str, tuple[int, int | None]] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        try:
-            value = field.contents()
-        except (ValueError, IndexError, UnicodeDecodeError) as exc:
-            raise InputError(f"metadata key {key!r} is unreadable ({exc})", path=path) from None
-        kv[key] = value
-        types[key] = (int(field.types[0]), int(field.types[-1]) if len(field.types) > 1 else None)
-    return kv, types
+    return dict(reader.kv), dict(reader.types)
 
 
 def _split_paths(path: Path, kv: dict[str, Any]) -> list[Path]:
@@ -301,7 +325,7 @@ def read_gguf(path: Path, options: ReadOptions) -> Model:
             if rt.name in seen:
                 raise InputError(f"duplicate tensor name {rt.name!r}", path=p)
             seen.add(rt.name)
-            raw.append(_tensor_of(rt, p, getattr(reader.data, "_mmap", None)))
+            raw.append(_tensor_of(rt, p, reader.mm))
 
     reg = get_registry()
     arch_name = kv.get("general.architecture")

@@ -64,6 +64,10 @@ CHUNK_BLOCKS = 1024
 """Super-blocks processed together: bounds the temporaries (a few MB each) while
 keeping numpy's per-call overhead small against the work per call."""
 
+_CHUNK_FACTOR = {"q3_K": 4}
+"""q3_K's descent makes a fixed number of small numpy calls per chunk whatever its size (the
+sub-blocks still moving are few): bigger chunks spread that cost, and the GIL it holds, thinner."""
+
 _f32 = np.float32
 _MAGIC = _f32(12582912.0)  # 1.5 * 2**23, nearest_int's rounding constant
 _SAFE = 4194303.0  # nearest_int's documented input range; rint agrees inside it
@@ -107,9 +111,15 @@ def _nearest_int(f: np.ndarray) -> np.ndarray:
 
 
 def _clip(a: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """In-place clamp (``np.clip`` adds noticeable per-call overhead on small int arrays)."""
-    np.maximum(a, a.dtype.type(lo), out=a)
-    np.minimum(a, a.dtype.type(hi), out=a)
+    """In-place ``MAX(lo, MIN(hi, a))``. ``np.clip`` costs more per call on small arrays but is one
+    pass, and several times faster than ``np.maximum`` + ``np.minimum`` with a scalar on chunk-sized
+    ones (same results, NaN included: both propagate it)."""
+    lo_, hi_ = a.dtype.type(lo), a.dtype.type(hi)
+    if a.size >= 1024:
+        np.clip(a, lo_, hi_, out=a)
+    else:
+        np.maximum(a, lo_, out=a)
+        np.minimum(a, hi_, out=a)
     return a
 
 
@@ -134,17 +144,54 @@ def _is_safe(bound: np.ndarray) -> bool:
     return bool(np.all(np.abs(bound) <= _SAFE))
 
 
+def _seqsum_loop(a: np.ndarray, from_zero: bool = True) -> np.ndarray:
+    acc = a[0] + _ZERO if from_zero else a[0].copy()
+    for i in range(1, a.shape[0]):
+        np.add(acc, a[i], out=acc)
+    return acc
+
+
+def _reduce_is_sequential() -> bool:
+    """Whether ``np.add.reduce(a, axis=0)`` of a C-contiguous ``(n, S)`` array adds rows in order.
+
+    It does in every numpy we know of (pairwise summation applies only along the contiguous
+    axis, so an axis-0 reduction is ``acc += a[i]`` row after row), which makes it a single
+    call instead of ``n``. Checked once on columns whose sum depends on the order: a pairwise
+    or 8-accumulator sum would give 0 or 2 where left to right gives 1 (the +1s vanish next
+    to 2**25 only when added to it)."""
+    col = np.zeros(32, _f32)
+    col[0], col[1], col[2], col[3] = 2.0**25, 1.0, -(2.0**25), 1.0
+    col[9], col[17] = 1.0, -1.0
+    a = np.repeat(col[:, None], 3, axis=1)
+    ok = all(np.array_equal(np.add.reduce(a, axis=0, **kw).view(np.uint32), _seqsum_loop(a, fz).view(np.uint32))
+             for kw, fz in (({"initial": _ZERO}, True), ({}, False)))
+    return ok and float(np.add.reduce(a, axis=0)[0]) == float(_seqsum_loop(a, False)[0])
+
+
+_SEQUENTIAL_REDUCE = _reduce_is_sequential()
+
+
 def _seqsum(a: np.ndarray, from_zero: bool = True) -> np.ndarray:
     """Left-to-right float32 sum over axis 0 of an element-major ``(n, S)`` array.
 
     ``from_zero`` mirrors C's ``float s = 0; for (...) s += a[i];`` (the ``+ 0``
     only matters for the sign of an all-``-0.0`` sum); without it the sum starts
-    from ``a[0]`` as in ``float s = a[0]; for (i = 1; ...)``.
+    from ``a[0]`` as in ``float s = a[0]; for (i = 1; ...)``. One ``np.add.reduce``
+    call when numpy reduces axis 0 in row order (checked at import), else a row loop.
     """
-    acc = a[0] + _ZERO if from_zero else a[0].copy()
-    for i in range(1, a.shape[0]):
-        np.add(acc, a[i], out=acc)
-    return acc
+    # (a single column would make axis 0 the contiguous one, which numpy sums pairwise)
+    if _SEQUENTIAL_REDUCE and a.ndim == 2 and a.shape[1] > 1 and a.flags.c_contiguous:
+        if from_zero:
+            return np.add.reduce(a, axis=0, initial=_ZERO)
+        # numpy starts an add-reduction from +0, C from a[0]: the same sum, except that an
+        # all--0.0 column sums to +0 here and to -0 in C. Zero sums are rare; redo those in C's way.
+        res = np.add.reduce(a, axis=0)
+        zero = res == 0
+        if zero.any():
+            cols = np.flatnonzero(zero)
+            res[cols] = _seqsum_loop(a[:, cols], False)
+        return res
+    return _seqsum_loop(a, from_zero)
 
 
 def _fp16_bits(v: np.ndarray) -> np.ndarray:
@@ -210,11 +257,18 @@ def _run(rows: np.ndarray, name: str, chunk_fn: Callable[[np.ndarray], np.ndarra
     ts = TYPE_SIZES[name]
     out = np.empty((blocks.shape[0], ts), np.uint8)
     outer = getattr(_scratch, "pool", None)
-    _scratch.pool = {}
+    # The scratch arrays outlive the call, one set per thread: a conversion quantises a model
+    # piece by piece on a few long-lived threads, and fresh megabyte arrays for every piece
+    # would page-fault (kernel time) each time glibc returned them to the OS.
+    if outer is None:  # (a nested call, which nothing makes today, would get its own set)
+        _scratch.pool = _scratch.kept = getattr(_scratch, "kept", None) or {}
+    else:
+        _scratch.pool = {}
     try:
         with np.errstate(all="ignore"):  # overflow/NaN are part of the replayed C arithmetic
-            for start in range(0, blocks.shape[0], CHUNK_BLOCKS):
-                stop = min(start + CHUNK_BLOCKS, blocks.shape[0])
+            step = CHUNK_BLOCKS * _CHUNK_FACTOR.get(name, 1)
+            for start in range(0, blocks.shape[0], step):
+                stop = min(start + step, blocks.shape[0])
                 out[start:stop] = chunk_fn(blocks[start:stop])
     finally:
         _scratch.pool = outer
@@ -325,6 +379,24 @@ def _make_qkx2(
 
 
 def _abs_max(x: np.ndarray, scratch: bool = False) -> tuple[np.ndarray, np.ndarray, bool]:
+    """:func:`_abs_max_exact`'s result from two reductions when no column holds a NaN or both
+    ``+a`` and ``-a`` at its largest magnitude ``a`` (then the first of them would decide): the
+    largest magnitude is ``max(max(x), -min(x))`` and its value the one of the two that reaches it."""
+    hi = np.maximum.reduce(x, axis=0)  # NaN-propagating: a NaN anywhere in a column shows here
+    lo = np.minimum.reduce(x, axis=0)
+    neg = -lo
+    amax = np.maximum(hi, neg)
+    amax += _ZERO  # never negative; an all-zero column gives +0 as max(|x|) does
+    if np.isnan(amax).any():
+        return _abs_max_exact(x, scratch)
+    tie = (hi == neg) & (hi > 0)
+    if tie.any():
+        return _abs_max_exact(x, scratch)
+    mx = np.where(hi >= neg, hi, lo)
+    return amax, np.where(amax > 0, mx, _ZERO), False
+
+
+def _abs_max_exact(x: np.ndarray, scratch: bool = False) -> tuple[np.ndarray, np.ndarray, bool]:
     """Per column: ``(amax, max)`` as C finds them with ``if (fabsf(v) > amax) {amax = fabsf(v); max = v;}``
     from ``amax = max = 0``: the first largest magnitude, NaNs never chosen, ``(0, 0)`` if none is > 0.
     Also says whether ``x`` holds any NaN (which ``amax`` then does not bound)."""
