@@ -78,6 +78,31 @@ class MappedArchitecture(Architecture):
     hf_output: str = "lm_head.weight"
     hf_embedding: str = ""
 
+    #: config keys that must be whole numbers >= 1, and those that may also be absent or null.
+    #: They are checked before any of them sizes a reshape or a loop, so that a hostile or broken
+    #: config.json is a one-line error naming that file rather than a crash deep in a layout.
+    required_ints: tuple[str, ...] = ()
+    optional_ints: tuple[str, ...] = ()
+
+    # ---- config checks ---------------------------------------------------------------
+    def check_config(self, config: dict[str, Any], origin: str | None) -> None:
+        """Refuse a config whose sizes cannot describe a model of this family."""
+        for key in self.required_ints + self.optional_ints:
+            value = config.get(key)
+            if value is None:
+                if key in self.required_ints:
+                    raise InputError(f"{key} is missing from the config of a {self.gguf_arch} model", path=origin)
+                continue
+            if type(value) is not int or not 1 <= value < 2**40:
+                raise InputError(f"{key} is {value!r} in the config; it must be a whole number of at least 1", path=origin)
+        self.check_consistency(config, origin)
+
+    def check_consistency(self, config: dict[str, Any], origin: str | None) -> None:
+        """Relations between config values (heads that divide the width, …); override per family."""
+
+    def check_shapes(self, model: Model, origin: str | None) -> None:
+        """Shapes the layout transforms rely on, against the (checked) config; override per family."""
+
     # ---- names -------------------------------------------------------------------
     def _name_map(self, n_layer: int) -> Any:
         import gguf
@@ -123,6 +148,9 @@ class MappedArchitecture(Architecture):
     # ---- tensors ---------------------------------------------------------------------
     def to_gguf_tensors(self, model: Model, warn: Callable[[str], None] = lambda m: None) -> list[Tensor]:
         config = model.config
+        origin = model.config_source or model.source or None
+        self.check_config(config, origin)
+        self.check_shapes(model, origin)
         n_layer = self.n_layer(config)
         tied = self.is_tied(model)
         out = []
@@ -160,6 +188,7 @@ class MappedArchitecture(Architecture):
         return self.hf_output not in model.tensors
 
     def from_gguf_tensors(self, tensors: list[Tensor], config: dict[str, Any]) -> list[Tensor]:
+        self.check_config(config, tensors[0].origin if tensors else None)
         rev = self.reverse_names(config)
         out = []
         for t in tensors:

@@ -49,10 +49,12 @@ def attach_companions(model: Model, folder: Path, *, config_path: Path | None = 
     if config_path is not None:
         raw = _read_small(config_path)
         model.config = parse_config(raw, config_path)
+        model.config_source = str(config_path)
         model.extra_files[CONFIG_FILE] = raw
     elif not model.config and (folder / CONFIG_FILE).is_file():
         raw = _read_small(folder / CONFIG_FILE)
         model.config = parse_config(raw, folder / CONFIG_FILE)
+        model.config_source = str(folder / CONFIG_FILE)
         model.extra_files[CONFIG_FILE] = raw
     if not model.tokenizer:
         files = {n: _read_small(folder / n) for n in TOKENIZER_FILES if (folder / n).is_file()}

@@ -238,6 +238,9 @@ class Model:
     format: str = ""
     # Extra non-config files of an HF directory kept verbatim (generation_config.json, …).
     extra_files: dict[str, bytes] = field(default_factory=dict)
+    # The file the config came from (config.json, --config, or the weights file that embeds it), so that
+    # an error about a config value names that file; empty means ``source``.
+    config_source: str = ""
 
     @property
     def architecture(self) -> str | None:
@@ -270,6 +273,7 @@ class Model:
         return Model(
             tensors={t.name: t for t in tensors}, config=self.config, tokenizer=self.tokenizer,
             metadata=self.metadata, source=self.source, format=self.format, extra_files=self.extra_files,
+            config_source=self.config_source,
         )
 
 

@@ -109,7 +109,34 @@ def guard_non_finite(model: Model, *, strict: bool, warn: Callable[[str], None])
     from .ir import Tensor
     from .streaming import all_finite
 
+    def report(t: Tensor, arr: np.ndarray) -> None:
+        n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        msg = f"tensor {t.name!r} holds {n_nan} NaN and {n_inf} Inf values"
+        if strict:
+            raise InputError(f"{msg}; --strict refuses to convert it", path=t.origin or model.source or None)
+        warn(msg)
+
     def wrap(t: Tensor) -> Tensor:
+        if t.undo is not None:
+            # A writer may take the tensor as it was read (GGUF → GGUF skips the layout round trip):
+            # that path must be checked too.
+            t = t.replace(undo=wrap(t.undo))
+        if t.dtype.is_quantized and strict:
+            # Blocks are copied as blocks, so their values are never seen; --strict dequantises a copy
+            # to look (the cost of asking for it). Without --strict, quantised tensors are not checked.
+            from .transforms import dequantize_tensor
+
+            def checked_blocks(inner: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+                def load() -> np.ndarray:
+                    blocks = inner()
+                    values = dequantize_tensor(t.replace(loader=lambda: blocks)).load()
+                    if not all_finite(values):
+                        report(t, values)
+                    return blocks
+
+                return load
+
+            return t.replace(loader=checked_blocks(t._loader))
         if not t.dtype.is_float:
             return t
         rs = t.row_source()
@@ -121,11 +148,7 @@ def guard_non_finite(model: Model, *, strict: bool, warn: Callable[[str], None])
             def load() -> np.ndarray:
                 arr = inner()
                 if not all_finite(arr):
-                    n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
-                    msg = f"tensor {t.name!r} holds {n_nan} NaN and {n_inf} Inf values"
-                    if strict:
-                        raise InputError(f"{msg}; --strict refuses to convert it", path=t.origin or model.source or None)
-                    warn(msg)
+                    report(t, arr)
                 return arr
 
             return load

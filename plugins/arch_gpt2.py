@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from lmconv.architectures import MappedArchitecture
+from lmconv.errors import InputError
 from lmconv.hookspecs import hookimpl
 
 GPT2_LAYOUT = (
@@ -49,6 +50,12 @@ class GPT2Architecture(MappedArchitecture):
     hf_skip = (".attn.bias", ".attn.masked_bias")
     hf_embedding = "transformer.wte.weight"
     description = "GPT-2 (LayerNorm, GELU, learned positions, Conv1D projections)"
+    required_ints = ("n_layer", "n_head", "n_embd", "vocab_size")
+    optional_ints = ("n_inner", "n_positions", "n_ctx")
+
+    def check_consistency(self, config: dict[str, Any], origin: str | None) -> None:
+        if config["n_embd"] % config["n_head"]:
+            raise InputError(f"n_embd {config['n_embd']} is not a multiple of n_head {config['n_head']}", path=origin)
 
     def n_layer(self, config: dict[str, Any]) -> int:
         return int(config["n_layer"])

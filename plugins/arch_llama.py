@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from lmconv.architectures import MappedArchitecture, rope_permute, rope_unpermute
+from lmconv.errors import InputError
 from lmconv.hookspecs import hookimpl
+from lmconv.ir import Model
 
 LLAMA_LAYOUT = (
     "model.embed_tokens.weight",
@@ -54,6 +56,28 @@ class LlamaArchitecture(MappedArchitecture):
     description = "Llama / Mistral (GQA, RMSNorm, SwiGLU, rotary)"
     permute_qk = True
     model_type = "llama"
+    required_ints = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size")
+    optional_ints = ("num_key_value_heads", "head_dim", "max_position_embeddings")
+
+    def check_consistency(self, config: dict[str, Any], origin: str | None) -> None:
+        n_head, n_kv = self._heads(config)
+        if not config.get("head_dim") and config["hidden_size"] % n_head:
+            raise InputError(f"hidden_size {config['hidden_size']} is not a multiple of num_attention_heads {n_head}",
+                             path=origin)
+        if n_head % n_kv:
+            raise InputError(f"num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_kv}", path=origin)
+        if self.permute_qk and self.head_dim(config) % 2:
+            raise InputError(f"head size {self.head_dim(config)} is odd; rotary embeddings need an even one", path=origin)
+
+    def check_shapes(self, model: Model, origin: str | None) -> None:
+        """Q and K rows must be heads × head size, or the rotary permutation would scramble them."""
+        n_head, n_kv = self._heads(model.config)
+        size = self.head_dim(model.config)
+        for t in model:
+            for proj, heads in ((".self_attn.q_proj.", n_head), (".self_attn.k_proj.", n_kv)):
+                if proj in t.name and t.shape and t.shape[0] != heads * size:
+                    raise InputError(f"tensor {t.name!r} has {t.shape[0]} rows but the config says {heads} heads of "
+                                     f"{size}: config and weights disagree", path=origin)
 
     def n_layer(self, config: dict[str, Any]) -> int:
         return int(config["num_hidden_layers"])

@@ -9,67 +9,37 @@ loaded. torch is imported only when a PyTorch file is actually read or written.
 
 from __future__ import annotations
 
-import io
 import json
-import pickle
-import pickletools
-import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from lmconv import dtypes as dt
-from lmconv.errors import InputError, MissingDependencyError, UnsafeInputError, UsageError
+from lmconv.errors import (
+    InputError,
+    UsageError,
+)
 from lmconv.formats import Format, ReadOptions, WriteOptions
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor, group_ties
 from lmconv.units import parse_size
 
+from .pytorch_scan import (
+    crc_checked,
+    is_legacy_checkpoint,
+    is_zip_checkpoint,
+    load_checked,
+    torch_module,
+)
 from .safetensors_format import DEFAULT_MAX_SHARD, shard_tensors
 
 INDEX_SUFFIX = ".bin.index.json"
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "params", "weights")
 CONFIG_KEYS = ("config", "model_config", "hf_config")
-# The legacy (pre-1.6) format starts with a pickled magic number.
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_HEAD = pickle.dumps(_LEGACY_MAGIC, protocol=2)
-# A legacy file holds pickles in a row: magic number, protocol version, sys info, the object.
-_LEGACY_PICKLES = 4
-
-
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError("reading or writing PyTorch checkpoints needs torch: pip install 'lmconv[torch]'") from None
-    return torch
-
-
-def _is_zip_checkpoint(path: Path) -> bool:
-    try:
-        if not zipfile.is_zipfile(path):
-            return False
-        with zipfile.ZipFile(path) as zf:
-            return any(n.endswith("data.pkl") for n in zf.namelist())
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
-
-
-def _is_legacy_checkpoint(path: Path) -> bool:
-    """Compare raw bytes with the pickled magic number: sniffing never unpickles anything."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(len(_LEGACY_HEAD)) == _LEGACY_HEAD
-    except OSError:
-        return False
-
-
 def _to_numpy(t: Any) -> np.ndarray:
     """A CPU torch tensor as numpy without a copy when possible; bf16/fp8 via ml_dtypes views."""
-    torch = _torch()
+    torch = torch_module()
     t = t.detach()
     if not t.is_contiguous():
         t = t.contiguous()
@@ -82,23 +52,44 @@ def _to_numpy(t: Any) -> np.ndarray:
     return t.numpy()
 
 
-def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    torch = _torch()
+def _flatten(obj: Mapping[Any, Any], path: Path) -> dict[str, Any]:
+    """Tensors of a (nested) state dict under dotted names; nested mappings with non-string keys
+    (an optimiser's per-parameter state) are not weights and are left out. Iterative: a pickle can
+    nest dicts deeper than Python's recursion limit."""
+    torch = torch_module()
     out: dict[str, Any] = {}
-    for k, v in obj.items():
-        key = f"{prefix}{k}"
+    stack: list[tuple[str, Any]] = [("", iter(obj.items()))]  # depth first, in the file's order
+    while stack:
+        prefix, items = stack[-1]
+        step = next(items, None)
+        if step is None:
+            stack.pop()
+            continue
+        k, v = step
         if isinstance(v, torch.Tensor):
+            if not isinstance(k, str):
+                raise InputError(f"state dict key {k!r} (of a tensor) is {'an' if type(k).__name__[0] in 'aeiou' else 'a'} "
+                                 f"{type(k).__name__}, not a string", path=path)
+            key = f"{prefix}{k}"
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(f"tensor name {key[:80]!r} is not valid UTF-8", path=path) from None
+            if key in out:
+                raise InputError(f"tensor name {key[:200]!r} appears twice (after joining nested names with '.')", path=path)
             out[key] = v
-        elif isinstance(v, Mapping) and v and all(isinstance(x, str) for x in v):
-            out.update(_flatten(v, key + "."))
+        elif isinstance(k, str) and isinstance(v, Mapping) and v and all(isinstance(x, str) for x in v):
+            stack.append((f"{prefix}{k}.", iter(v.items())))
     return out
 
 
 def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Find the state dict in the usual wrappers; return it and an embedded config if any."""
-    torch = _torch()
+    torch = torch_module()
     if not isinstance(obj, Mapping):
-        raise InputError(f"holds a {type(obj).__name__}, not a state dict", path=path)
+        kind = "None" if obj is None else type(obj).__name__
+        article = "an" if kind[0] in "aeiouAEIOU" else "a"
+        raise InputError(f"holds {article} {kind}, not a state dict (a mapping of names to tensors)", path=path)
     config = None
     for key in CONFIG_KEYS:
         if isinstance(obj.get(key), Mapping):
@@ -106,67 +97,24 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Any], dict[str, Any] | None
     for key in WRAPPER_KEYS:
         inner = obj.get(key)
         if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
-            return _flatten(inner), config
-    return _flatten(obj), config
+            state = _flatten(inner, path)
+            break
+    else:
+        state = _flatten(obj, path)
+    if not state:
+        raise InputError("holds no tensors (not a state dict?)", path=path)
+    return state, config
 
 
-def _pickles_complete(path: Path) -> bool:
-    """Whether the checkpoint's pickles all run to their STOP opcode.
-
-    Parsed with ``pickletools.genops``, which only decodes opcodes and never builds
-    or calls anything. The restricted unpickler stops at the first global it does
-    not allow, and a file cut inside a GLOBAL opcode names a global that does not
-    exist (``collections.OrderedD``): without this check a truncated file would be
-    reported as hostile instead of as truncated.
-    """
-    try:
-        if _is_zip_checkpoint(path):
-            with zipfile.ZipFile(path) as zf:
-                name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
-                stream: Any = io.BytesIO(zf.read(name))
-            count = 1
-        else:
-            stream = open(path, "rb")
-            count = _LEGACY_PICKLES
-        with stream:
-            for _ in range(count):
-                for _op in pickletools.genops(stream):
-                    pass
-    except (ValueError, OSError, EOFError, StopIteration, zipfile.BadZipFile, NotImplementedError):
-        return False
-    return True
-
-
-def _refused_global(message: str) -> str:
-    """The global a refused pickle asked for, from torch's message, for a short one-line reason."""
-    match = re.search(r"GLOBAL ([\w.]+)", message)
-    if match:
-        return f"it would call {match.group(1)}"
-    first = message.strip().split("\n")[0]
-    return first.split(". ")[0][:160]
-
-
-def _load(path: Path) -> Any:
-    torch = _torch()
-    zipped = _is_zip_checkpoint(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
-    except pickle.UnpicklingError as exc:
-        if not _pickles_complete(path):
-            raise InputError("is not a readable PyTorch checkpoint (truncated or corrupt: the pickle stops early)", path=path) from None
-        raise UnsafeInputError(f"refused: the pickle wants to run code ({_refused_global(str(exc))}); lmconv never runs code from a checkpoint", path=path) from None
-    except Exception as exc:
-        # torch.load on damaged bytes can fail with almost anything (EOFError, IndexError from a
-        # legacy file cut after its magic number, RuntimeError from the zip reader, struct.error …):
-        # all of them mean the same to a user, a checkpoint that cannot be read.
-        msg = str(exc).split("\n")[0][:200] or type(exc).__name__
-        raise InputError(f"is not a readable PyTorch checkpoint (truncated or corrupt: {msg})", path=path) from None
-
-
-def _add_state_dict(model: Model, state: dict[str, Any], path: Path) -> None:
-    torch = _torch()
+def _add_state_dict(model: Model, state: dict[str, Any], path: Path, crcs: dict[int, set[int]] | None = None) -> None:
+    torch = torch_module()
     keys = []
     for name, t in state.items():
+        if t.layout != torch.strided:
+            raise InputError(f"tensor {name!r} is a {str(t.layout).removeprefix('torch.')} tensor; lmconv reads dense tensors only", path=path)
+        if t.device.type == "meta" or getattr(t, "is_nested", False) or type(t) not in (torch.Tensor, torch.nn.Parameter):
+            raise InputError(f"tensor {name!r} is a {type(t).__name__} on {t.device.type} without plain data; lmconv reads dense tensors only",
+                             path=path)
         if t.device.type != "cpu":
             t = t.cpu()
         try:
@@ -175,6 +123,7 @@ def _add_state_dict(model: Model, state: dict[str, Any], path: Path) -> None:
             storage_key = id(t)
         keys.append((name, storage_key))
         state[name] = t
+    done: set[tuple[int, int]] = set()
     for first, others in group_ties(keys).items():
         t = state[first]
         name = str(t.dtype).removeprefix("torch.")
@@ -182,41 +131,57 @@ def _add_state_dict(model: Model, state: dict[str, Any], path: Path) -> None:
             d = dt.from_torch(name)
         except KeyError:
             raise InputError(f"tensor {first!r} has dtype {name}, which lmconv does not support", path=path) from None
-        model.add(Tensor(first, tuple(t.shape), d, (lambda t=t: _to_numpy(t)), aliases=tuple(others), origin=str(path)))
-    del torch
+        if crcs:
+            loader = lambda t=t: _to_numpy(crc_checked(t, crcs, path, done))
+        else:
+            loader = lambda t=t: _to_numpy(t)
+        model.add(Tensor(first, tuple(t.shape), d, loader, aliases=tuple(others), origin=str(path)))
+
+
+def _read_index(path: Path) -> dict[str, str]:
+    try:
+        index = json.loads(path.read_text("utf-8"))
+        weight_map = index["weight_map"]
+        assert isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise InputError("is not a valid PyTorch index (needs a 'weight_map' object of tensor name → shard file)", path=path) from None
+    for shard in dict.fromkeys(weight_map.values()):
+        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+            raise InputError(f"index names a shard outside its folder: {shard!r}", path=path)
+        if not (path.parent / shard).is_file():
+            raise InputError(f"index names shard {shard} which does not exist", path=path)
+    return weight_map
 
 
 def read_pytorch(path: Path) -> Model:
     model = Model(source=str(path), format="pytorch")
     if path.name.endswith(INDEX_SUFFIX):
-        try:
-            weight_map = json.loads(path.read_text("utf-8"))["weight_map"]
-            assert isinstance(weight_map, dict)
-        except (OSError, ValueError, KeyError, TypeError, AssertionError):
-            raise InputError("is not a valid PyTorch index (needs a 'weight_map' object)", path=path) from None
-        shards = []
-        for shard in weight_map.values():
-            if shard not in shards:
-                shards.append(shard)
-        for shard in shards:
-            if "/" in shard or shard in ("", ".", ".."):
-                raise InputError(f"index names a shard outside its folder: {shard!r}", path=path)
+        weight_map = _read_index(path)
+        held: dict[str, str] = {}  # tensor (or tie) name → the shard holding it
+        for shard in dict.fromkeys(weight_map.values()):
             spath = path.parent / shard
-            if not spath.is_file():
-                raise InputError(f"index names shard {shard} which does not exist", path=path)
-            state, _ = _unwrap(_load(spath), spath)
-            _add_state_dict(model, state, spath)
+            obj, crcs = load_checked(spath)
+            state, _ = _unwrap(obj, spath)
+            for name in state:
+                if name in held:
+                    raise InputError(f"tensor {name!r} appears twice: in {held[name]} and in {shard}", path=spath)
+                held[name] = shard
+            _add_state_dict(model, state, spath, crcs)
+        for name, shard in weight_map.items():
+            if held.get(name) != shard:
+                raise InputError(f"index maps {name!r} to {shard} but that shard has no such tensor", path=path)
         return model
-    state, config = _unwrap(_load(path), path)
+    obj, crcs = load_checked(path)
+    state, config = _unwrap(obj, path)
     if config:
         model.config = config
-    _add_state_dict(model, state, path)
+    _add_state_dict(model, state, path, crcs)
     return model
 
 
 def _save_state(tensors: list[Tensor], path: Path) -> None:
     """``torch.save`` a plain state dict of ``tensors``; an alias is the same torch tensor (shared storage)."""
-    torch = _torch()
+    torch = torch_module()
     state: dict[str, Any] = {}
     for t in tensors:
         arr = t.load()
@@ -282,7 +247,7 @@ class PyTorchFormat(Format):
     def sniff(self, path: Path) -> bool:
         if path.name.endswith(INDEX_SUFFIX):
             return path.is_file()
-        return path.is_file() and (_is_zip_checkpoint(path) or _is_legacy_checkpoint(path))
+        return path.is_file() and (is_zip_checkpoint(path) or is_legacy_checkpoint(path))
 
     def read(self, path: Path, options: ReadOptions) -> Model:
         return read_pytorch(path)

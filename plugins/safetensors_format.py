@@ -55,7 +55,9 @@ class SafetensorsFile:
             raw = fh.read(n)
             self.mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            header = json.loads(raw.decode("utf-8"))
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_repeated_keys)
+        except _RepeatedKey as exc:
+            raise InputError(f"header names tensor {exc.args[0]!r} twice", path=path) from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(f"header is not valid UTF-8 JSON ({exc})", path=path) from None
         if not isinstance(header, dict):
@@ -69,6 +71,10 @@ class SafetensorsFile:
         self.entries: dict[str, tuple[dt.DType, tuple[int, ...], int, int]] = {}
         spans = []
         for name, info in header.items():
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(f"tensor name {name!r} is not valid UTF-8", path=path) from None
             if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"} or len(info) != 3:
                 raise InputError(f"tensor {name!r} has a malformed entry", path=path)
             try:
@@ -88,10 +94,18 @@ class SafetensorsFile:
                 raise InputError(f"tensor {name!r} runs past the end of the file (truncated)", path=path)
             self.entries[name] = (dtype, tuple(shape), begin, end)
             spans.append((begin, end, name))
+        # Like the reference library: the tensors tile the data section exactly, in some order.
         spans.sort()
         for (b1, e1, n1), (b2, e2, n2) in zip(spans, spans[1:]):
             if b2 < e1:
                 raise InputError(f"tensors {n1!r} and {n2!r} overlap in the data section", path=path)
+            if b2 > e1:
+                raise InputError(f"data section has a gap of {b2 - e1} bytes between tensors {n1!r} and {n2!r}", path=path)
+        if spans and spans[0][0] != 0:
+            raise InputError(f"data section has a gap of {spans[0][0]} bytes before tensor {spans[0][2]!r}", path=path)
+        covered = spans[-1][1] if spans else 0
+        if covered != data_len:
+            raise InputError(f"{data_len - covered} bytes after the last tensor: not a safetensors file as written", path=path)
 
     def tensor(self, name: str) -> Tensor:
         dtype, shape, begin, end = self.entries[name]
@@ -103,6 +117,20 @@ class SafetensorsFile:
             return arr.reshape(shape)
 
         return Tensor(name, shape, dtype, load, origin=str(path), release=lambda: drop_pages(mm, start, end - begin))
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads keeps the last of two equal keys; a header that names a tensor twice is refused."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(key)
+        out[key] = value
+    return out
 
 
 def _aliases(meta: dict[str, str], path: Path) -> dict[str, str]:

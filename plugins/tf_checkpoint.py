@@ -19,14 +19,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import struct
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from lmconv import dtypes as dt
 from lmconv.errors import InputError, MissingDependencyError
 from lmconv.formats import Format, ReadOptions, WriteOptions
@@ -34,17 +32,19 @@ from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model
 
 from . import tf_names as tn
+from .tf_index import TABLE_MAGIC, TF_TYPE_NAMES, check_index
 
-TABLE_MAGIC = struct.pack("<Q", 0xDB4775248B80FB57)  # LevelDB/TF table footer magic
 DEFAULT_SHARD = "1GB"
 _DATA_RE = r"\.data-(\d{5})-of-(\d{5})"
 
 
 def _tf() -> Any:
     if "tensorflow" not in sys.modules:
-        # TensorFlow's start-up chatter would break lmconv's one-line stderr; lmconv computes
+        # TensorFlow's C++ logging writes to file descriptor 2 directly, past any redirection of
+        # sys.stderr, and would break lmconv's one-line stderr: level 3 silences ERROR lines too
+        # (every failure reaches lmconv as an exception, which it reports itself). lmconv computes
         # nothing in TF, so oneDNN's numerics switch (which prints the loudest line) is moot.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
         import tensorflow as tf
@@ -67,11 +67,9 @@ def resolve_prefix(path: Path) -> Path | None:
             except OSError:
                 m = None
             if m:
-                named = Path(m.group(1))
-                cand = named if named.is_absolute() else path / named
-                if not Path(f"{cand}.index").is_file():
-                    cand = path / named.name  # written on another machine: look beside the state file
-                return cand
+                # Always the checkpoint beside the state file: a TF1 Saver writes absolute paths, which
+                # after a copy or move name the original (or nothing), never what this folder holds.
+                return path / Path(m.group(1)).name
         indexes = sorted(path.glob("*.index"))
         return Path(str(indexes[0])[: -len(".index")]) if len(indexes) == 1 else None
     if text.endswith(".index") and path.is_file():
@@ -138,6 +136,7 @@ def read_checkpoint(path: Path, options: ReadOptions) -> Model:
         raise InputError("is not a TensorFlow checkpoint index (bad table magic or truncated)", path=index)
     check_data_files(prefix, index)
     tf = _tf()
+    declared = check_index(prefix, index)
     try:
         reader = tf.train.load_checkpoint(str(prefix))
         shapes = reader.get_variable_to_shape_map()
@@ -154,6 +153,8 @@ def read_checkpoint(path: Path, options: ReadOptions) -> Model:
     load = tn.safe_loader(raw, str(index))
     meta = None
     if tn.META_KEY in shapes:
+        if declared.get(tn.META_KEY, (7, ()))[0] != 7:
+            raise InputError(f"{tn.META_KEY} is not a string", path=index)
         meta = tn.parse_meta(load(tn.META_KEY), index)
     variables = []
     for key in sorted(shapes):
@@ -162,13 +163,16 @@ def read_checkpoint(path: Path, options: ReadOptions) -> Model:
         d = _dtype_of(dtypes[key])
         if d is None:
             if not tn.is_bookkeeping(tn.strip_var(key)):
-                options.warn(f"{index}: variable {key!r} has dtype {dtypes[key].name}, which lmconv does not convert; left out")
+                code = declared.get(key, (0, ()))[0]
+                kind = TF_TYPE_NAMES.get(code, getattr(dtypes[key], "name", str(dtypes[key])))
+                raise InputError(f"variable {key!r} has dtype {kind}, not a tensor of numbers lmconv converts", path=index)
             continue
         variables.append(tn.Var(key, tuple(int(s) for s in shapes[key]), d))
-
     model = Model(source=str(path), format="tf")
     tn.attach_tf_companions(model, prefix.parent, options.config_path, [v.var for v in variables])
     entries, scheme = tn.plan_read(variables, config=model.config, meta=meta, path=index, warn=options.warn)
+    if not entries:
+        raise InputError("holds no weights (only bookkeeping variables)", path=index)
     for t in tn.build_tensors(entries, load, str(index)):
         model.add(t)
     model.metadata["tensorflow"] = {"naming": scheme, "prefix": prefix.name}
@@ -269,8 +273,14 @@ class TFCheckpointFormat(Format):
     stores_dtypes = frozenset(d.name for d in dt.PLAIN_DTYPES)
 
     def sniff(self, path: Path) -> bool:
+        if path.is_dir() and (path / "checkpoint").is_file():
+            return True  # a checkpoint folder, even one whose files are missing (read() says which)
         prefix = resolve_prefix(path)
-        return prefix is not None and _has_table_magic(Path(f"{prefix}.index"))
+        if prefix is None:
+            # a bare prefix whose data files are here but whose index is not: read() says so
+            return not path.exists() and any(path.parent.glob(f"{glob_escape(path.name)}.data-*-of-*"))
+        # a bare prefix names a checkpoint by its .index alone: read() says what is wrong with it
+        return _has_table_magic(Path(f"{prefix}.index")) or not path.exists()
 
     def read(self, path: Path, options: ReadOptions) -> Model:
         return read_checkpoint(path, options)

@@ -26,6 +26,7 @@ from tests.conftest import (
     run,
     staging_leftovers,
 )
+from tests.corpus.pytorch_cases import _OpensFile, _RunsShell
 
 
 @pytest.fixture(scope="module")
@@ -198,24 +199,6 @@ def test_truncated_input_via_subprocess(tmp_path: Path, work: dict[str, Path], w
 
 
 # ----------------------------------------------------------------------------- hostile pickles
-class _RunsShell:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.system, (f"touch {self.marker}",))
-
-
-class _OpensFile:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        import builtins
-
-        return (builtins.open, (str(self.marker), "w"))
-
-
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 @pytest.mark.parametrize("payload", [_RunsShell, _OpensFile], ids=["os.system", "builtins.open"])
 def test_pickle_that_runs_code_is_refused(tmp_path: Path, payload: type, legacy: bool) -> None:

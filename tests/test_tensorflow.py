@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from .conftest import assert_one_line_error, lmconv, run
-
+from .corpus.h5_cases import write_keras2
 
 
 @pytest.fixture(scope="module")
@@ -107,25 +107,6 @@ def hf_tf_llama_names(w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         path = "/".join(comps).replace("layers/", "layers_._")
         out[f"tf_llama_for_causal_lm/{path}:0"] = np.ascontiguousarray(a)
     return out
-
-
-def write_keras2_h5(path: Path, named: dict[str, np.ndarray], *, whole_model: bool = False) -> None:
-    """The layout of Keras 2's save_weights (HF's tf_model.h5): layer groups with weight_names attrs."""
-    import h5py
-
-    layers: dict[str, list[str]] = {}
-    for wn in named:
-        layers.setdefault(wn.split("/")[1], []).append(wn)
-    with h5py.File(path, "w") as f:
-        root = f.create_group("model_weights") if whole_model else f
-        root.attrs["backend"] = b"tensorflow"
-        root.attrs["keras_version"] = b"2.10.0"
-        root.attrs["layer_names"] = [n.encode() for n in layers]
-        for layer, names in layers.items():
-            g = root.create_group(layer)
-            g.attrs["weight_names"] = [n.encode() for n in names]
-            for n in names:
-                g.create_dataset(n, data=named[n])
 
 
 # ----------------------------------------------------------------------------- (1) TF1 OpenAI GPT-2
@@ -213,7 +194,12 @@ def test_bookkeeping_is_left_out() -> None:
 
 
 def test_name_rules() -> None:
-    from lmconv.plugins.tf_names import TRANSPOSE, hf_tf_name, keras_scope, openai_gpt2_name
+    from lmconv.plugins.tf_names import (
+        TRANSPOSE,
+        hf_tf_name,
+        keras_scope,
+        openai_gpt2_name,
+    )
 
     assert keras_scope("TFGPT2LMHeadModel") == "tfgp_t2lm_head_model"
     assert keras_scope("TFLlamaForCausalLM") == "tf_llama_for_causal_lm"
@@ -229,14 +215,14 @@ def test_name_rules() -> None:
 @pytest.mark.parametrize("old_embeddings", [False, True], ids=["keras-embedding", "tf-shared-embeddings"])
 def test_hf_gpt2_tf_model_h5_reads_canonical_names(tiny_gpt2: Path, tmp_path: Path, old_embeddings: bool) -> None:
     w = weights(tiny_gpt2)
-    write_keras2_h5(tmp_path / "tf_model.h5", hf_tf_gpt2_names(w, old_embeddings))
+    write_keras2(tmp_path / "tf_model.h5", hf_tf_gpt2_names(w, old_embeddings))
     shutil.copy(tiny_gpt2 / "config.json", tmp_path / "config.json")
     assert_same_tensors(read_all(tmp_path / "tf_model.h5"), w)
 
 
 def test_hf_llama_tf_h5_transposes_dense_kernels(tiny_llama: Path, tmp_path: Path) -> None:
     w = weights(tiny_llama)
-    write_keras2_h5(tmp_path / "tf_model.h5", hf_tf_llama_names(w), whole_model=True)
+    write_keras2(tmp_path / "tf_model.h5", hf_tf_llama_names(w), whole_model=True)
     shutil.copy(tiny_llama / "config.json", tmp_path / "config.json")
     assert_same_tensors(read_all(tmp_path / "tf_model.h5"), w)
     run(tmp_path / "tf_model.h5", f"{tmp_path}/out/")
@@ -248,7 +234,7 @@ def test_unknown_keras_model_keeps_its_names(tmp_path: Path) -> None:
     named = {"sequential/d1/kernel:0": rng.standard_normal((4, 3), dtype=np.float32),
              "sequential/d1/bias:0": rng.standard_normal(3, dtype=np.float32),
              "sequential/ln/gamma:0": rng.standard_normal(3, dtype=np.float32)}
-    write_keras2_h5(tmp_path / "m.h5", named)
+    write_keras2(tmp_path / "m.h5", named)
     want = {k[:-2]: v for k, v in named.items()}
     assert_same_tensors(read_all(tmp_path / "m.h5"), want)
     run(tmp_path / "m.h5", tmp_path / "m.safetensors")
@@ -447,18 +433,18 @@ def test_wrong_shape_h5_dataset_is_an_input_error(tiny_gpt2: Path, tmp_path: Pat
     named = hf_tf_gpt2_names(w, old_embeddings=False)
     key = "tfgp_t2lm_head_model/transformer/h_._0/attn/c_attn/weight:0"
     named[key] = np.ascontiguousarray(named[key].T)  # [3n, n]: not what config.json implies
-    write_keras2_h5(tmp_path / "tf_model.h5", named)
+    write_keras2(tmp_path / "tf_model.h5", named)
     shutil.copy(tiny_gpt2 / "config.json", tmp_path / "config.json")
     proc = lmconv(tmp_path / "tf_model.h5", tmp_path / "out.safetensors")
     assert_one_line_error(proc, 3, str(tmp_path / "tf_model.h5"), "c_attn")
 
     # A kernel must have 2 to 4 dimensions; a layer-norm gamma one.
-    write_keras2_h5(tmp_path / "bad.h5", {"tf_x_model/x/dense/kernel:0": np.zeros(3, np.float32)})
+    write_keras2(tmp_path / "bad.h5", {"tf_x_model/x/dense/kernel:0": np.zeros(3, np.float32)})
     assert_one_line_error(lmconv("inspect", tmp_path / "bad.h5"), 3, "bad.h5", "kernel")
 
 
 def test_truncated_h5_is_an_input_error(tiny_gpt2: Path, tmp_path: Path) -> None:
-    write_keras2_h5(tmp_path / "full.h5", hf_tf_gpt2_names(weights(tiny_gpt2), old_embeddings=False))
+    write_keras2(tmp_path / "full.h5", hf_tf_gpt2_names(weights(tiny_gpt2), old_embeddings=False))
     data = (tmp_path / "full.h5").read_bytes()
     (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
     assert_one_line_error(lmconv(tmp_path / "cut.h5", tmp_path / "out.safetensors"), 3, "cut.h5")

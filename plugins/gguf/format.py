@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from lmconv import dtypes as dt
 from lmconv.errors import InputError, UsageError
 from lmconv.formats import Format, ReadOptions, WriteOptions
@@ -27,6 +26,7 @@ from lmconv.registry import get_registry
 from lmconv.units import parse_size
 
 from . import types as gtypes
+from .checks import check_architecture, check_tokenizer, int_of, type_name
 
 GGUF_MAGIC = b"GGUF"
 HF_CONFIG_KEY = "lmconv.hf_config"
@@ -224,7 +224,6 @@ def _write_tensor_data(writer: Any, tensors: list[Tensor], options: WriteOptions
     for a tensor that arrives in pieces, so no tensor-sized result is ever held.
     """
     from gguf.gguf_writer import WriterState
-
     from lmconv.streaming import iter_pieces, write_array
 
     fout = None
@@ -266,7 +265,9 @@ def _open_reader(path: Path) -> Any:
         raise InputError(f"cannot open: {exc.strerror}", path=path) from None
     except MemoryError:
         raise InputError("claims more memory than exists (corrupt or hostile header)", path=path) from None
-    except (ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error) as exc:
+    except ValueError as exc:  # the parser's own one-line account of what is wrong
+        raise InputError(str(exc), path=path) from None
+    except (IndexError, KeyError, TypeError, OverflowError, struct.error) as exc:
         check_gguf_header(path)  # raises the specific message when the structure itself is broken
         if isinstance(exc, UnicodeDecodeError):
             raise InputError(f"metadata is not valid UTF-8 ({exc})", path=path) from None
@@ -277,18 +278,50 @@ def _field_values(reader: Any, path: Path) -> tuple[dict[str, Any], dict[str, tu
     return dict(reader.kv), dict(reader.types)
 
 
-def _split_paths(path: Path, kv: dict[str, Any]) -> list[Path]:
-    count = int(kv.get("split.count", 1) or 1)
+def _split_info(kv: dict[str, Any], types: dict[str, tuple[int, int | None]], path: Path) -> tuple[int, int, int | None]:
+    count = int_of(kv, types, "split.count", path) or 1
+    no = int_of(kv, types, "split.no", path) or 0
+    n_tensors = int_of(kv, types, "split.tensors.count", path)
+    return count, no, n_tensors
+
+
+def _split_paths(path: Path, kv: dict[str, Any], types: dict[str, tuple[int, int | None]]) -> list[Path]:
+    count, no, _ = _split_info(kv, types, path)
     if count <= 1:
         return [path]
     m = SPLIT_RE.match(path.name)
     if not m:
-        raise InputError(f"is split {count} ways but its name does not follow NAME-0000i-of-0000n.gguf", path=path)
+        raise InputError(f"is split {count} ways (split.count) but its name does not follow NAME-0000i-of-0000n.gguf",
+                         path=path)
+    if int(m["n"]) != count:
+        raise InputError(f"split.count is {count} but the file name says {int(m['n'])} parts", path=path)
+    if int(m["i"]) != no + 1:
+        raise InputError(f"split.no is {no} but the file name says part {int(m['i'])}", path=path)
+    if no != 0:
+        first = f"{m['stem']}-00001-of-{count:05d}.gguf"
+        raise InputError(f"is part {no + 1} of {count} of a split model; give the first part, {first}", path=path)
     paths = [path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
     for p in paths:
         if not p.is_file():
             raise InputError(f"split part {p.name} is missing", path=path)
     return paths
+
+
+def _check_parts(readers: list[Any], parts: list[Path]) -> None:
+    """Every part of a split says it is that part of the same split, and the tensor counts add up."""
+    count, _, total = _split_info(dict(readers[0].kv), dict(readers[0].types), parts[0])
+    for i, (reader, p) in enumerate(zip(readers, parts)):
+        c, no, n = _split_info(dict(reader.kv), dict(reader.types), p)
+        if c != count:
+            raise InputError(f"split.count is {c} but the first part says {count}", path=p)
+        if no != i:
+            raise InputError(f"split.no is {no} but the file name says part {i + 1}: not part of this split", path=p)
+        if n != total:
+            raise InputError(f"split.tensors.count is {n} but the first part says {total}: a part of another split",
+                             path=p)
+    held = sum(len(r.tensors) for r in readers)
+    if total is not None and held != total:
+        raise InputError(f"split.tensors.count is {total} but the {count} parts hold {held} tensors", path=parts[0])
 
 
 def _tensor_of(rt: Any, path: Path, mm: Any) -> Tensor:
@@ -313,33 +346,42 @@ def _tensor_of(rt: Any, path: Path, mm: Any) -> Tensor:
 def read_gguf(path: Path, options: ReadOptions) -> Model:
     first = _open_reader(path)
     kv, types = _field_values(first, path)
-    parts = _split_paths(path, kv)
-    m = SPLIT_RE.match(path.name)
-    if len(parts) > 1 and m and int(m["i"]) != 1:
-        return read_gguf(parts[0], options)
+    parts = _split_paths(path, kv, types)
     readers = [first] + [_open_reader(p) for p in parts[1:]]
+    if len(parts) > 1:
+        _check_parts(readers, parts)
+    check_tokenizer(kv, types, path)
     raw: list[Tensor] = []
     seen: set[str] = set()
     for reader, p in zip(readers, parts):
         for rt in reader.tensors:
             if rt.name in seen:
-                raise InputError(f"duplicate tensor name {rt.name!r}", path=p)
+                raise InputError(f"tensor name {rt.name!r} appears twice (in two parts of the split)", path=p)
             seen.add(rt.name)
             raw.append(_tensor_of(rt, p, reader.mm))
 
     reg = get_registry()
     arch_name = kv.get("general.architecture")
+    if arch_name is not None and types["general.architecture"][0] != 8:
+        raise InputError(f"general.architecture is {type_name(types, 'general.architecture')}; it must be a string",
+                         path=path)
     arch = reg.gguf_architectures.get(arch_name) if isinstance(arch_name, str) else None
     tok_fields = {k: v for k, v in kv.items() if k.startswith("tokenizer.")}
     config: dict[str, Any] = {}
     stored = kv.get(HF_CONFIG_KEY)
+    if stored is not None and not isinstance(stored, str):
+        raise InputError(f"metadata {HF_CONFIG_KEY!r} is {type_name(types, HF_CONFIG_KEY)}; it must be a JSON string",
+                         path=path)
     if isinstance(stored, str):
         try:
             config = json.loads(stored)
         except ValueError:
             config = {}
+        if not isinstance(config, dict):
+            raise InputError(f"metadata {HF_CONFIG_KEY!r} is not a JSON object", path=path)
     model = Model(source=str(path), format="gguf", tokenizer=Tokenizer(fields=tok_fields))
     if arch is not None:
+        check_architecture(arch_name, kv, types, raw, path)
         try:
             derived = arch.gguf_to_config(kv)
         except (KeyError, TypeError, ValueError) as exc:
@@ -367,6 +409,8 @@ def read_gguf(path: Path, options: ReadOptions) -> Model:
                 pairs = json.loads(stored_aliases)
             except ValueError:
                 raise InputError(f"metadata {ALIASES_KEY!r} is not JSON", path=path) from None
+            if not isinstance(pairs, dict) or not all(isinstance(v, str) for v in pairs.values()):
+                raise InputError(f"metadata {ALIASES_KEY!r} is not a JSON object of names", path=path)
             by_name = {t.name: t for t in tensors}
             for alias, target in sorted(pairs.items()):
                 if target in by_name and alias not in by_name:

@@ -37,7 +37,10 @@ _STRUCTS = {k: struct.Struct("<" + {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "
                                      12: "d"}[k]) for k in _SCALARS}
 STRING, ARRAY = 8, 9
 DEFAULT_ALIGNMENT = 32
-MAX_DIMS = 8
+MAX_DIMS = 4  # GGML_MAX_DIMS: llama.cpp refuses more
+_INTS = {0, 1, 2, 3, 4, 5, 10, 11}
+_TYPE_NAMES = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6: "f32", 7: "bool", 8: "string", 9: "array",
+               10: "u64", 11: "i64", 12: "f64"}
 
 
 class UnknownTensorType(ValueError):
@@ -89,7 +92,7 @@ class GGUFFile:
         with open(path, "rb") as fh:
             size = fh.seek(0, 2)
             if size < 24:
-                raise ValueError(f"file of {size} bytes is shorter than a GGUF header")
+                raise ValueError(f"is truncated: {size} bytes is less than a GGUF header")
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         self.mm = mm
         self.path = path
@@ -97,94 +100,119 @@ class GGUFFile:
         if magic != b"GGUF":
             raise ValueError("GGUF magic invalid")
         if version not in (2, 3):
-            raise ValueError(f"GGUF version {version} is not supported")
+            if int.from_bytes(version.to_bytes(4, "little"), "big") in (1, 2, 3):
+                raise ValueError("is a big-endian GGUF; lmconv reads little-endian GGUF only")
+            raise ValueError(f"GGUF version {version} is not supported (2 and 3 are)")
         if n_kv * 13 > size or n_tensors * 29 > size:
-            raise ValueError(f"header claims {n_kv} keys and {n_tensors} tensors, more than the file holds")
+            raise ValueError(f"header claims {n_kv} metadata keys and {n_tensors} tensors, more than its {size} bytes "
+                             f"can hold (truncated or corrupt)")
         self.version = version
         pos = 24
 
-        def string() -> str:
+        def need(n: int, where: str) -> None:
+            if pos + n > size:
+                raise ValueError(f"is truncated inside {where} (runs past the end of the file)")
+
+        def string(where: str, what: str) -> str:
             nonlocal pos
+            need(8, where)
             (n,) = _U64.unpack_from(mm, pos)
+            if pos + 8 + n > size:
+                raise ValueError(f"{what} claims {n} bytes, past the end of the file (truncated or corrupt)")
             end = pos + 8 + n
-            if end > size:
-                raise ValueError("a string runs past the end of the file")
-            s = mm[pos + 8:end].decode("utf-8")
+            try:
+                s = mm[pos + 8:end].decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{what} is not valid UTF-8") from None
             pos = end
             return s
 
-        def u32() -> int:
+        def u32(where: str) -> int:
             nonlocal pos
+            need(4, where)
             (v,) = _U32.unpack_from(mm, pos)
             pos += 4
             return v
 
         kv: dict[str, Any] = {}
         types: dict[str, tuple[int, int | None]] = {}
-        for _ in range(n_kv):
-            key = string()
-            vtype = u32()
+        for i in range(n_kv):
+            key = string("the metadata", f"metadata key #{i}")
+            where = f"metadata key {key!r}"
+            vtype = u32(where)
             if key in kv:
-                raise ValueError(f"duplicate key {key}")
+                raise ValueError(f"metadata key {key!r} appears twice")
             if vtype in _SCALARS:
+                need(_SCALARS[vtype].itemsize, where)
                 # struct gives what numpy's tolist() gives: a float32 as the Python float of its value
                 kv[key] = _STRUCTS[vtype].unpack_from(mm, pos)[0]
                 pos += _SCALARS[vtype].itemsize
                 types[key] = (vtype, None)
             elif vtype == STRING:
-                kv[key] = string()
+                kv[key] = string(where, f"the value of {key!r}")
                 types[key] = (vtype, None)
             elif vtype == ARRAY:
-                sub = u32()
+                sub = u32(where)
+                need(8, where)
                 (count,) = _U64.unpack_from(mm, pos)
                 pos += 8
                 if sub in _SCALARS:
                     item = _SCALARS[sub]
                     if count * item.itemsize > size - pos:
-                        raise ValueError(f"array of {count} runs past the end of the file")
+                        raise ValueError(f"{where}: an array of {count} values runs past the end of the file "
+                                         f"(truncated or corrupt)")
                     arr = np.frombuffer(mm, dtype=item, count=count, offset=pos) if count else np.empty(0, item)
                     kv[key] = arr.tolist()
                     pos += count * item.itemsize
                 elif sub == STRING:
                     if count * 8 > size - pos:
-                        raise ValueError(f"array of {count} strings runs past the end of the file")
-                    kv[key], pos = _strings(mm, pos, count, size)
+                        raise ValueError(f"{where}: an array of {count} strings runs past the end of the file "
+                                         f"(truncated or corrupt)")
+                    kv[key], pos = _strings(mm, pos, count, size, key)
+                elif sub == ARRAY:
+                    raise ValueError(f"{where}: nested arrays are not supported (llama.cpp reads none)")
                 else:
-                    raise ValueError(f"unsupported array element type {sub}")
+                    raise ValueError(f"{where}: array of unknown value type {sub}")
                 types[key] = (vtype, sub if count else None)  # gguf-py records no element type for []
             else:
-                raise ValueError(f"unknown metadata value type {vtype}")
+                raise ValueError(f"{where} has unknown value type {vtype}")
         self.kv = kv
         self.types = types
 
         infos = []
-        for _ in range(n_tensors):
-            name = string()
-            n_dims = u32()
+        for i in range(n_tensors):
+            name = string("the tensor infos", f"tensor name #{i}")
+            where = f"the info of tensor {name!r}"
+            n_dims = u32(where)
             if n_dims > MAX_DIMS:
-                raise ValueError(f"tensor {name!r} claims {n_dims} dimensions")
+                raise ValueError(f"tensor {name!r} has {n_dims} dimensions; GGUF allows at most {MAX_DIMS}")
+            need(8 * n_dims + 12, where)
             dims = list(struct.unpack_from(f"<{n_dims}Q", mm, pos))
             pos += 8 * n_dims
-            ggml_type = u32()
+            ggml_type = u32(where)
             (offset,) = _U64.unpack_from(mm, pos)
             pos += 8
             infos.append((name, dims, ggml_type, offset))
 
         align = DEFAULT_ALIGNMENT
         if "general.alignment" in kv:
-            if types["general.alignment"] != (4, None):
-                raise ValueError("Bad type for general.alignment field")
+            vt = types["general.alignment"][0]
+            if vt != 4:
+                raise ValueError(f"general.alignment must be a u32, not a {_TYPE_NAMES.get(vt, vt)}")
             align = int(kv["general.alignment"])
             if align == 0 or align & (align - 1):
-                raise ValueError("Invalid alignment: must be a non-zero power of two")
+                raise ValueError(f"general.alignment {align} is not a power of two")
         self.alignment = align
         self.data_offset = start = pos + (-pos % align)
+        if start > size:
+            raise ValueError(f"the data section would start at byte {start}, past the end of the {size}-byte file "
+                             f"(truncated, or general.alignment {align} is a lie)")
 
         tensors: list[GGUFTensorInfo] = []
         seen: set[str] = set()
         for name, dims, ggml_type, offset in infos:
             if name in seen:
-                raise ValueError(f"Found duplicated tensor with name {name}")
+                raise ValueError(f"tensor name {name!r} appears twice")
             seen.add(name)
             try:
                 d = dt.from_ggml(ggml_type)
@@ -193,6 +221,8 @@ class GGUFFile:
             n_el = 1
             for x in dims:
                 n_el *= int(x)
+            if n_el >= 2**63:
+                raise ValueError(f"tensor {name!r} claims dimensions {dims}: more elements than can exist")
             np_shape = tuple(int(x) for x in reversed(dims))
             if d.is_quantized:
                 if not dims or dims[0] % d.block_size:
@@ -203,23 +233,45 @@ class GGUFFile:
             else:
                 np_dtype = np.dtype(d.numpy)
                 n_bytes = n_el * np_dtype.itemsize
+            if offset % align:
+                raise ValueError(f"tensor {name!r} starts at data offset {offset}, not a multiple of the alignment {align}")
             data_offset = start + int(offset)
             if data_offset + n_bytes > size:
-                raise ValueError(f"tensor {name!r} runs past the end of the file")
+                raise ValueError(f"tensor {name!r} runs past the end of the file (truncated or corrupt)")
             tensors.append(GGUFTensorInfo(name, ggml_type, dims, n_el, n_bytes, data_offset, mm, np_dtype, np_shape))
+        # llama.cpp requires the tensors packed one after the other (each padded to the alignment):
+        # anything else is overlapping data or a size that disagrees with the dimensions.
+        expected, prev = 0, None
+        for t in sorted(tensors, key=lambda t: (t.data_offset, t.n_bytes)):
+            off = t.data_offset - start
+            if off < expected and prev is not None:
+                raise ValueError(f"tensor {t.name!r} overlaps tensor {prev.name!r} in the data section")
+            if off > expected:
+                what = f"tensor {prev.name!r}" if prev is not None else "the data section"
+                raise ValueError(f"{off - expected} unused bytes before tensor {t.name!r}: the size of {what} disagrees "
+                                 f"with the tensor infos")
+            expected = off + t.n_bytes + (-t.n_bytes % align)
+            prev = t
+        if size - start > expected + align:
+            raise ValueError(f"{size - start - expected} bytes after the last tensor that no tensor info describes")
         self.tensors = tensors
 
 
-def _strings(mm: mmap.mmap, pos: int, count: int, size: int) -> tuple[list[str], int]:
+def _strings(mm: mmap.mmap, pos: int, count: int, size: int, key: str) -> tuple[list[str], int]:
     out: list[str] = []
     append = out.append
     unpack = _U64.unpack_from
-    for _ in range(count):
+    for i in range(count):
+        if pos + 8 > size:
+            raise ValueError(f"is truncated inside metadata key {key!r} (runs past the end of the file)")
         (n,) = unpack(mm, pos)
         pos += 8
         end = pos + n
         if end > size:
-            raise ValueError("a string runs past the end of the file")
-        append(mm[pos:end].decode("utf-8"))
+            raise ValueError(f"string {i} of {key!r} claims {n} bytes, past the end of the file (truncated or corrupt)")
+        try:
+            append(mm[pos:end].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"string {i} of {key!r} is not valid UTF-8") from None
         pos = end
     return out, pos

@@ -14,7 +14,7 @@ from lmconv.errors import InputError
 
 _SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 STRING, ARRAY = 8, 9
-MAX_DIMS = 8
+MAX_DIMS = 4  # GGML_MAX_DIMS
 
 
 def check_gguf_header(path: Path) -> None:
@@ -73,8 +73,10 @@ def check_gguf_header(path: Path) -> None:
                         raise InputError(f"an array claims {count} strings, more than the file can hold", path=path)
                     for _ in range(count):
                         skip_string()
+                elif sub == ARRAY:
+                    raise InputError("nested arrays are not supported (llama.cpp reads none)", path=path)
                 else:
-                    raise InputError(f"unsupported array element type {sub}", path=path)
+                    raise InputError(f"array of unknown value type {sub}", path=path)
             else:
                 raise InputError(f"unknown metadata value type {vtype}", path=path)
 
@@ -86,5 +88,5 @@ def check_gguf_header(path: Path) -> None:
             skip_string()
             (n_dims,) = struct.unpack("<I", read(4))
             if n_dims > MAX_DIMS:
-                raise InputError(f"a tensor claims {n_dims} dimensions", path=path)
+                raise InputError(f"a tensor has {n_dims} dimensions; GGUF allows at most {MAX_DIMS}", path=path)
             read(8 * n_dims + 4 + 8)
