@@ -32,7 +32,7 @@ from .pytorch_scan import (
     load_checked,
     torch_module,
 )
-from .safetensors_format import DEFAULT_MAX_SHARD, shard_tensors
+from .safetensors_format import DEFAULT_MAX_SHARD, read_shard_index, shard_tensors
 
 INDEX_SUFFIX = ".bin.index.json"
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "params", "weights")
@@ -138,25 +138,10 @@ def _add_state_dict(model: Model, state: dict[str, Any], path: Path, crcs: dict[
         model.add(Tensor(first, tuple(t.shape), d, loader, aliases=tuple(others), origin=str(path)))
 
 
-def _read_index(path: Path) -> dict[str, str]:
-    try:
-        index = json.loads(path.read_text("utf-8"))
-        weight_map = index["weight_map"]
-        assert isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise InputError("is not a valid PyTorch index (needs a 'weight_map' object of tensor name → shard file)", path=path) from None
-    for shard in dict.fromkeys(weight_map.values()):
-        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
-            raise InputError(f"index names a shard outside its folder: {shard!r}", path=path)
-        if not (path.parent / shard).is_file():
-            raise InputError(f"index names shard {shard} which does not exist", path=path)
-    return weight_map
-
-
 def read_pytorch(path: Path) -> Model:
     model = Model(source=str(path), format="pytorch")
     if path.name.endswith(INDEX_SUFFIX):
-        weight_map = _read_index(path)
+        weight_map = read_shard_index(path, "PyTorch")
         held: dict[str, str] = {}  # tensor (or tie) name → the shard holding it
         for shard in dict.fromkeys(weight_map.values()):
             spath = path.parent / shard

@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from lmconv import dtypes as dt
 from lmconv.errors import InputError
 from lmconv.formats import Format, ReadOptions, WriteOptions
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor
-from lmconv.units import parse_size
-
 from lmconv.mapping import drop_pages
+from lmconv.units import parse_size
 
 MAX_HEADER = 100 * 1024 * 1024  # the limit the reference implementation enforces
 ALIASES_KEY = "lmconv.aliases"
@@ -157,7 +155,7 @@ def read_safetensors(path: Path) -> Model:
     """One file or, for an index JSON, all its shards."""
     model = Model(source=str(path), format="safetensors")
     if path.name.endswith(INDEX_SUFFIX):
-        index = _read_index(path)
+        index = read_shard_index(path)
         shards: dict[str, SafetensorsFile] = {}
         meta: dict[str, str] = {}
         for shard in dict.fromkeys(index.values()):
@@ -183,14 +181,17 @@ def read_safetensors(path: Path) -> Model:
     return model
 
 
-def _read_index(path: Path) -> dict[str, str]:
+def read_shard_index(path: Path, kind: str = "safetensors") -> dict[str, str]:
+    """The ``weight_map`` of a sharded model's index (transformers' layout, for safetensors and
+    PyTorch shards alike): tensor name → shard file, each shard inside the index's folder and present."""
     try:
         index = json.loads(path.read_text("utf-8"))
         weight_map = index["weight_map"]
         assert isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise InputError("is not a valid safetensors index (needs a 'weight_map' object)", path=path) from None
-    for shard in set(weight_map.values()):
+        raise InputError(f"is not a valid {kind} index (needs a 'weight_map' object of tensor name → shard file)",
+                         path=path) from None
+    for shard in dict.fromkeys(weight_map.values()):
         if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
             raise InputError(f"index names a shard outside its folder: {shard!r}", path=path)
         if not (path.parent / shard).is_file():

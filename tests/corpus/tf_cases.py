@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.test_tensorflow import openai_gpt2_layout
+from tests.test_tensorflow import openai_gpt2_layout, save_tf1
 
 from . import Case, ValidFiles, convert_quietly, maker
 
@@ -63,14 +63,7 @@ def _valid_tf1(folder: Path) -> Path:
     tf = _tf()
     folder.mkdir()
     variables = openai_gpt2_layout(load_file(str(GPT2 / "model.safetensors")))
-    with tf.Graph().as_default():
-        for name, value in variables.items():
-            tf.compat.v1.Variable(value, name=name)
-        tf.compat.v1.train.get_or_create_global_step()
-        saver = tf.compat.v1.train.Saver()
-        with tf.compat.v1.Session() as sess:
-            sess.run(tf.compat.v1.global_variables_initializer())
-            saver.save(sess, str(folder / "model.ckpt"))
+    save_tf1(tf, variables, folder / "model.ckpt")
     shutil.copy(GPT2 / "config.json", folder / "config.json")
     return folder / "model.ckpt.index"
 
