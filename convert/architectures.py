@@ -100,8 +100,26 @@ class MappedArchitecture(Architecture):
     def check_consistency(self, config: dict[str, Any], origin: str | None) -> None:
         """Relations between config values (heads that divide the width, …); override per family."""
 
+    def expected_shape(self, hf_name: str, config: dict[str, Any]) -> tuple[int | None, ...] | None:
+        """The HF-layout shape the (checked) config implies for ``hf_name`` (None in a dimension: any
+        size, e.g. a padded vocabulary), or None when this family says nothing of that tensor."""
+        return None
+
+    def check_shape(self, hf_name: str, shape: tuple[int, ...], config: dict[str, Any], origin: str | None) -> None:
+        """Refuse a tensor whose shape the config contradicts: a transposed or resized tensor of the
+        same byte size would otherwise convert into a model that computes nonsense."""
+        want = self.expected_shape(hf_name, config)
+        if want is None:
+            return
+        if len(want) != len(shape) or any(w is not None and w != s for w, s in zip(want, shape)):
+            shown = ["*" if w is None else w for w in want]
+            raise InputError(f"tensor {hf_name!r} has shape {list(shape)} but the config implies {shown}: "
+                             "config and weights disagree", path=origin)
+
     def check_shapes(self, model: Model, origin: str | None) -> None:
-        """Shapes the layout transforms rely on, against the (checked) config; override per family."""
+        """Every tensor of the model against :meth:`expected_shape`."""
+        for t in model:
+            self.check_shape(t.name, t.shape, model.config, origin)
 
     # ---- names -------------------------------------------------------------------
     def _name_map(self, n_layer: int) -> Any:
@@ -197,6 +215,7 @@ class MappedArchitecture(Architecture):
                 raise InputError(f"tensor {t.name!r} is not part of a {self.gguf_arch} model", path=t.origin or None)
             fn = self.from_gguf_layout(hf, config)
             shape = self.layout_shape(hf, t.shape, config, False)
+            self.check_shape(hf, shape, config, t.origin or None)
             original = t
             if fn is not None:
                 if t.dtype.is_quantized:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from lmconv.architectures import MappedArchitecture
 from lmconv.errors import InputError
 from lmconv.hookspecs import hookimpl
@@ -52,6 +51,21 @@ class GPT2Architecture(MappedArchitecture):
     description = "GPT-2 (LayerNorm, GELU, learned positions, Conv1D projections)"
     required_ints = ("n_layer", "n_head", "n_embd", "vocab_size")
     optional_ints = ("n_inner", "n_positions", "n_ctx")
+
+    def expected_shape(self, hf_name: str, config: dict[str, Any]) -> tuple[int | None, ...] | None:
+        """Conv1D weights are [in, out]."""
+        e = config["n_embd"]
+        inner = config.get("n_inner") or 4 * e
+        kind = hf_name.rsplit(".", 1)[-1]
+        for suffix, weight, bias in (
+            (".attn.c_attn", (e, 3 * e), (3 * e,)), (".attn.c_proj", (e, e), (e,)),
+            (".mlp.c_fc", (e, inner), (inner,)), (".mlp.c_proj", (inner, e), (e,)),
+            (".ln_1", (e,), (e,)), (".ln_2", (e,), (e,)), ("transformer.ln_f", (e,), (e,)),
+            ("transformer.wte", (None, e), None), ("transformer.wpe", (None, e), None), ("lm_head", (None, e), None),
+        ):
+            if hf_name.removesuffix("." + kind).endswith(suffix):
+                return weight if kind == "weight" else bias
+        return None
 
     def check_consistency(self, config: dict[str, Any], origin: str | None) -> None:
         if config["n_embd"] % config["n_head"]:

@@ -11,11 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from lmconv.architectures import MappedArchitecture, rope_permute, rope_unpermute
 from lmconv.errors import InputError
 from lmconv.hookspecs import hookimpl
-from lmconv.ir import Model
 
 LLAMA_LAYOUT = (
     "model.embed_tokens.weight",
@@ -69,15 +67,22 @@ class LlamaArchitecture(MappedArchitecture):
         if self.permute_qk and self.head_dim(config) % 2:
             raise InputError(f"head size {self.head_dim(config)} is odd; rotary embeddings need an even one", path=origin)
 
-    def check_shapes(self, model: Model, origin: str | None) -> None:
-        """Q and K rows must be heads × head size, or the rotary permutation would scramble them."""
-        n_head, n_kv = self._heads(model.config)
-        size = self.head_dim(model.config)
-        for t in model:
-            for proj, heads in ((".self_attn.q_proj.", n_head), (".self_attn.k_proj.", n_kv)):
-                if proj in t.name and t.shape and t.shape[0] != heads * size:
-                    raise InputError(f"tensor {t.name!r} has {t.shape[0]} rows but the config says {heads} heads of "
-                                     f"{size}: config and weights disagree", path=origin)
+    def expected_shape(self, hf_name: str, config: dict[str, Any]) -> tuple[int | None, ...] | None:
+        n_head, n_kv = self._heads(config)
+        hidden, inter, size = config["hidden_size"], config["intermediate_size"], self.head_dim(config)
+        q, kv = n_head * size, n_kv * size
+        kind = hf_name.rsplit(".", 1)[-1]
+        for suffix, weight, bias in (
+            (".self_attn.q_proj", (q, hidden), (q,)), (".self_attn.k_proj", (kv, hidden), (kv,)),
+            (".self_attn.v_proj", (kv, hidden), (kv,)), (".self_attn.o_proj", (hidden, q), (hidden,)),
+            (".mlp.gate_proj", (inter, hidden), (inter,)), (".mlp.up_proj", (inter, hidden), (inter,)),
+            (".mlp.down_proj", (hidden, inter), (hidden,)),
+            ("layernorm", (hidden,), None), ("model.norm", (hidden,), None),
+            ("model.embed_tokens", (None, hidden), None), ("lm_head", (None, hidden), None),
+        ):
+            if hf_name.removesuffix("." + kind).endswith(suffix):
+                return weight if kind == "weight" else bias
+        return None
 
     def n_layer(self, config: dict[str, Any]) -> int:
         return int(config["num_hidden_layers"])

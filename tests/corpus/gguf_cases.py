@@ -328,6 +328,16 @@ def _dims(name: str, dims: list[int]) -> Callable[[GGUF], None]:
     return edit
 
 
+def _transposed(name: str) -> Callable[[GGUF], None]:
+    """The tensor's two dims swapped: the same bytes, in a shape the config contradicts."""
+
+    def edit(g: GGUF) -> None:
+        t = g.ti(name)
+        t.dims = t.dims[::-1]
+
+    return edit
+
+
 def _nested_array(depth: int) -> Callable[[GGUF], None]:
     def edit(g: GGUF) -> None:
         raw = struct.pack("<IQ", U32, 1) + struct.pack("<I", 7)
@@ -566,6 +576,10 @@ TOKENIZER = [  # the tokenizer is rebuilt as HF files; lying fields must not bec
 ]
 
 ARCHITECTURE = [  # metadata the HF config is derived from (a GGUF without lmconv's own copy of config.json)
+    C("ffn_up-transposed-to-hf", _edit(_transposed("blk.0.ffn_up.weight")), target="hf/", inspect=False,
+      mentions=("up_proj", "disagree")),  # inspect lists tensors as they are; only a config-guided layout checks them
+    C("ffn_down-transposed-to-hf-without-config", _edit(_transposed("blk.1.ffn_down.weight"), hf_config=False), target="hf/",
+      inspect=False, mentions=("down_proj", "disagree")),
     C("block_count-a-string", _edit(_arch("llama.block_count", STR, b"two"), hf_config=False), target="hf/",
       mentions=("llama.block_count",)),
     C("block_count-a-numeric-string", _edit(_arch("llama.block_count", STR, b"2"), hf_config=False), target="hf/",

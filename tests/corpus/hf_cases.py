@@ -51,6 +51,19 @@ def _tokenizer(fn: Callable[[dict], None]) -> Callable[[Path], None]:
     return edit
 
 
+def _transpose_weight(name: str) -> Callable[[Path], None]:
+    """One matrix of model.safetensors stored transposed (same bytes, shape the config contradicts)."""
+
+    def edit(folder: Path) -> None:
+        from safetensors.numpy import load_file, save_file
+
+        weights = load_file(str(folder / "model.safetensors"))
+        weights[name] = weights[name].T.copy()
+        save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+    return edit
+
+
 def _unlink_weights(folder: Path) -> None:
     (folder / "model.safetensors").unlink()
 
@@ -72,6 +85,10 @@ CASES: list[Case] = [
     Case("hf", "config-heads-disagree-with-weights-to-gguf",
          _folder(lambda f: _config(num_attention_heads=2 * json.loads((f / "config.json").read_text())["num_attention_heads"])(f)),
          names="config.json", mentions=("disagree",), target="old.gguf", inspect=False),
+    Case("hf", "down-proj-transposed-to-gguf", _folder(_transpose_weight("model.layers.1.mlp.down_proj.weight")),
+         names="config.json", mentions=("down_proj", "disagree"), target="old.gguf", inspect=False),
+    Case("hf", "gpt2-c-fc-transposed-to-gguf", _folder(_transpose_weight("transformer.h.0.mlp.c_fc.weight"), "tiny-gpt2"),
+         names="config.json", mentions=("c_fc", "disagree"), target="old.gguf", inspect=False),
     Case("hf", "negative-layers-to-gguf", _folder(_config(num_hidden_layers=-1)), names="config.json", target="old.gguf",
          inspect=False),
     Case("hf", "gpt2-heads-zero-to-gguf", _folder(_config(n_head=0), "tiny-gpt2"), names="config.json",
