@@ -251,11 +251,10 @@ def _write_tensor_data(writer: Any, tensors: list[Tensor], options: WriteOptions
 
 # ----------------------------------------------------------------------------------- reading
 def _open_reader(path: Path) -> Any:
-    """The parsed header (see :mod:`.reader`); a file it refuses gets validate's precise one-line message."""
+    """The parsed header (see :mod:`.reader`); whatever it refuses becomes one line naming the file."""
     import struct
 
     from .reader import GGUFFile, UnknownTensorType
-    from .validate import check_gguf_header
 
     try:
         return GGUFFile(path)
@@ -267,8 +266,7 @@ def _open_reader(path: Path) -> Any:
         raise InputError("claims more memory than exists (corrupt or hostile header)", path=path) from None
     except ValueError as exc:  # the parser's own one-line account of what is wrong
         raise InputError(str(exc), path=path) from None
-    except (IndexError, KeyError, TypeError, OverflowError, struct.error) as exc:
-        check_gguf_header(path)  # raises the specific message when the structure itself is broken
+    except (IndexError, KeyError, TypeError, OverflowError, struct.error) as exc:  # a bound the parser missed
         if isinstance(exc, UnicodeDecodeError):
             raise InputError(f"metadata is not valid UTF-8 ({exc})", path=path) from None
         raise InputError(f"is not a valid GGUF file ({' '.join(str(exc).split())[:160]})", path=path) from None

@@ -11,8 +11,8 @@ data stay in the mapping: a tensor's ``data`` is a numpy view, nothing is read
 until it is used.
 
 Every count and length is checked against the file size before it is used, so a
-hostile header fails fast with :class:`ValueError` (the caller turns that into a
-one-line ``InputError``, with ``validate.check_gguf_header``'s precise message).
+hostile header fails fast with :class:`ValueError` naming what is wrong (the caller
+turns that into a one-line ``InputError``).
 """
 
 from __future__ import annotations

@@ -139,6 +139,22 @@ def assert_contract(case: Case, folder: Path, valid: ValidFiles) -> str:
     return line
 
 
+def file_case(data: bytes | Callable[[ValidFiles], bytes], name: str) -> Callable[[Path, ValidFiles], Path]:
+    """A case builder: ``name`` holding ``data`` (or what ``data(valid)`` makes from the valid files)."""
+
+    def build(folder: Path, valid: ValidFiles) -> Path:
+        path = folder / name
+        path.write_bytes(data(valid) if callable(data) else data)
+        return path
+
+    return build
+
+
+def cut(kind: str, n: int) -> Callable[[ValidFiles], bytes]:
+    """The first ``n`` bytes of the valid ``kind``."""
+    return lambda valid: valid.bytes(kind)[:n]
+
+
 def copy_and_break(kind: str, edit: Callable[[Path], None], src_name: str) -> Callable[[Path, ValidFiles], Path]:
     """A case builder: a copy of the folder holding valid ``kind`` (a sharded model, say), broken by
     ``edit(folder)``; SRC is ``src_name`` in it."""
@@ -193,4 +209,4 @@ def truncations(data_len: int, marks: list[int], spread: int = 40) -> list[int]:
 
 
 __all__ = ["GIB", "Case", "ValidFiles", "assert_contract", "convert_quietly", "copy_and_break", "counts_by_format",
-           "edit_json", "invoke", "load_corpus", "maker", "truncations"]
+           "cut", "edit_json", "file_case", "invoke", "load_corpus", "maker", "truncations"]

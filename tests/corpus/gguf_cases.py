@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import Case, ValidFiles, convert_quietly, maker, truncations
+from . import Case, ValidFiles, convert_quietly, file_case, maker, truncations
 
 ROOT = Path(__file__).resolve().parents[2]
 FMT = "gguf"
@@ -206,13 +206,8 @@ def _model(valid: ValidFiles, kind: str = "gguf", hf_config: bool = True) -> GGU
 Build = Callable[[Path, ValidFiles], Path]
 
 
-def _file(data: bytes | Callable[[ValidFiles], bytes], name: str = "bad.gguf") -> Build:
-    def build(folder: Path, valid: ValidFiles) -> Path:
-        path = folder / name
-        path.write_bytes(data(valid) if callable(data) else data)
-        return path
-
-    return build
+def _file(data: bytes | Callable[[ValidFiles], bytes], name: str = "bad.gguf") -> Callable[[Path, ValidFiles], Path]:
+    return file_case(data, name)
 
 
 def _edit(fn: Callable[[GGUF], GGUF | None], kind: str = "gguf", hf_config: bool = True, name: str = "bad.gguf") -> Build:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import Case, ValidFiles, convert_quietly, maker, truncations
+from . import Case, ValidFiles, convert_quietly, cut, file_case, maker, truncations
 
 ROOT = Path(__file__).resolve().parents[2]
 GPT2 = ROOT / "fixtures" / "tiny-gpt2"
@@ -138,16 +138,7 @@ def _valid_keras_archive(folder: Path) -> Path:
 
 # ----------------------------------------------------------------------------- building blocks
 def _file(data: bytes | Callable[[ValidFiles], bytes], name: str = "x.h5") -> Callable[[Path, ValidFiles], Path]:
-    def build(folder: Path, valid: ValidFiles) -> Path:
-        path = folder / name
-        path.write_bytes(data(valid) if callable(data) else data)
-        return path
-
-    return build
-
-
-def _cut(kind: str, n: int) -> Callable[[ValidFiles], bytes]:
-    return lambda valid: valid.bytes(kind)[:n]
+    return file_case(data, name)
 
 
 def _hf(edit: Callable[[dict[str, Any]], None] | None = None, *, extra: Callable[[Any], None] | None = None,
@@ -353,9 +344,9 @@ def _truncation_cases() -> list[Case]:
             f.visititems(lambda n, o: offs.append(o.id.get_offset()) if isinstance(o, h5py.Dataset) else None)
         offs = sorted(o for o in offs if o)
     marks += [offs[0], offs[len(offs) // 2], offs[-1], len(data) - 8]
-    cases = [Case("h5", f"cut-at-{n}", _file(_cut("h5-hf", n), "cut.h5")) for n in truncations(len(data), marks)]
+    cases = [Case("h5", f"cut-at-{n}", _file(cut("h5-hf", n), "cut.h5")) for n in truncations(len(data), marks)]
     k3 = len(_valid_keras3(Path(tempfile.mkdtemp()) / "k").read_bytes())
-    cases += [Case("h5", f"keras3-cut-at-{n}", _file(_cut("keras3", n), "cut.weights.h5")) for n in (8, 100, 800, k3 // 2, k3 - 1)]
+    cases += [Case("h5", f"keras3-cut-at-{n}", _file(cut("keras3", n), "cut.weights.h5")) for n in (8, 100, 800, k3 // 2, k3 - 1)]
     return cases
 
 

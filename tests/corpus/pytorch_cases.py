@@ -27,7 +27,9 @@ from . import (
     ValidFiles,
     convert_quietly,
     copy_and_break,
+    cut,
     edit_json,
+    file_case,
     maker,
     truncations,
 )
@@ -68,12 +70,7 @@ def _valid_sharded(folder: Path) -> Path:
 
 # ----------------------------------------------------------------------------- building blocks
 def _file(data: bytes | Callable[[ValidFiles], bytes], name: str = "x.pt") -> Callable[[Path, ValidFiles], Path]:
-    def build(folder: Path, valid: ValidFiles) -> Path:
-        path = folder / name
-        path.write_bytes(data(valid) if callable(data) else data)
-        return path
-
-    return build
+    return file_case(data, name)
 
 
 def _saved(make: Callable[[Path], Any], legacy: bool = False, name: str = "x.pt") -> Callable[[Path, ValidFiles], Path]:
@@ -420,7 +417,7 @@ def _truncation_cases() -> list[Case]:
     marks = [pkl_start, pkl_start + 100, *[o for pair in list(offs.values())[:6] for o in pair],
              *[pair[0] for pair in list(offs.values())[-4:]], cd, cd + 46, len(zip_data) - 22, len(zip_data) - 10]
     for n in truncations(len(zip_data), marks):
-        cases.append(Case("pytorch", f"zip-cut-at-{n}", _file(_cut("pt-zip", n), "cut.pt")))
+        cases.append(Case("pytorch", f"zip-cut-at-{n}", _file(cut("pt-zip", n), "cut.pt")))
     # legacy: five pickles, then (count, bytes) per storage
     stream = io.BytesIO(legacy)
     ends = []
@@ -432,12 +429,8 @@ def _truncation_cases() -> list[Case]:
         ends.append(stream.tell())
     lmarks = [*ends, ends[-1] + 8, ends[-1] + 4, (ends[2] + ends[3]) // 2]
     for n in truncations(len(legacy), lmarks):
-        cases.append(Case("pytorch", f"legacy-cut-at-{n}", _file(_cut("pt-legacy", n), "cut.pt")))
+        cases.append(Case("pytorch", f"legacy-cut-at-{n}", _file(cut("pt-legacy", n), "cut.pt")))
     return cases
-
-
-def _cut(kind: str, n: int) -> Callable[[ValidFiles], bytes]:
-    return lambda valid: valid.bytes(kind)[:n]
 
 
 # ----------------------------------------------------------------------------- sharded indexes

@@ -20,7 +20,9 @@ from . import (
     ValidFiles,
     convert_quietly,
     copy_and_break,
+    cut,
     edit_json,
+    file_case,
     maker,
     truncations,
 )
@@ -52,16 +54,11 @@ def _t(offsets: list[int], shape: list[int] | None = None, dtype: str = "F32") -
 
 
 def _file(data: bytes | Callable[[ValidFiles], bytes], name: str = "x.safetensors") -> Callable[[Path, ValidFiles], Path]:
-    def build(folder: Path, valid: ValidFiles) -> Path:
-        path = folder / name
-        path.write_bytes(data(valid) if callable(data) else data)
-        return path
-
-    return build
+    return file_case(data, name)
 
 
 def _cut(n: int) -> Callable[[ValidFiles], bytes]:
-    return lambda valid: valid.bytes("st")[:n]
+    return cut("st", n)
 
 
 def _truncation_cases() -> list[Case]:
