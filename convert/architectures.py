@@ -1,111 +1,216 @@
-"""What an architecture plugin provides: names, config keys and layouts of one model family.
+"""The architecture contract: what a family plugin declares about one model family.
 
-The core never hard-codes a model family. A GGUF writer asks the registry for the
-:class:`Architecture` of ``config["architectures"][0]`` (or of ``general.architecture``
-when reading), then lets it rename tensors, translate config keys and apply the
-layout transforms (with their exact inverses for the way back).
+An :class:`Architecture` (registered through the ``register_architectures`` hook) says:
+
+* which models it is: HF architecture classes (``config["architectures"]``) and ``model_type`` values;
+* what a sane config and a sane tensor look like (``required_ints``, :meth:`check_consistency`,
+  :meth:`expected_shape`), checked both ways before any tensor is touched;
+* per target format, a :class:`Layout`: the tensor rules (:mod:`lmconv.rules`) that lay the HF
+  state dict out in that format, the metadata keys its config maps to (:class:`HParam`), and the
+  family's name there (GGUF's ``general.architecture``);
+* optionally, its reference forward pass (:meth:`Architecture.forward`) for ``verify --logits``,
+  built from the shared blocks in :mod:`lmconv.blocks`.
+
+Formats ask the registry for the architecture of a model and call :meth:`Architecture.to_target` /
+:meth:`Architecture.from_target`; the core names no family and no format.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
-
-from .ir import Model, Tensor
-
-
-class Architecture:
-    """Base class; override what your family needs (see plugins/arch_llama.py)."""
-
-    #: HF architecture strings this plugin handles ("LlamaForCausalLM", …)
-    hf_architectures: tuple[str, ...] = ()
-    #: the value of ``general.architecture`` in GGUF ("llama", "gpt2", …)
-    gguf_arch: str = ""
-    description: str = ""
-
-    def to_gguf_tensors(self, model: Model) -> list[Tensor]:
-        """HF-named, HF-laid-out tensors → GGUF-named, GGUF-laid-out tensors (lazy)."""
-        raise NotImplementedError
-
-    def from_gguf_tensors(self, tensors: list[Tensor], config: dict[str, Any]) -> list[Tensor]:
-        """The exact inverse of :meth:`to_gguf_tensors`."""
-        raise NotImplementedError
-
-    def config_to_gguf(self, config: dict[str, Any]) -> dict[str, Any]:
-        """HF config.json → GGUF metadata (keys without types; the writer types them)."""
-        raise NotImplementedError
-
-    def gguf_to_config(self, kv: dict[str, Any]) -> dict[str, Any]:
-        """GGUF metadata → an HF config.json that transformers accepts."""
-        raise NotImplementedError
-
-    def tied_output(self, model: Model) -> bool:
-        """True when the output projection is the token embedding (no output.weight in GGUF)."""
-        return bool(model.config.get("tie_word_embeddings", False))
-
-    def __repr__(self) -> str:
-        return f"<Architecture {self.gguf_arch} {self.hf_architectures}>"
-
-
-# --- a base for families that gguf-py's TensorNameMap knows --------------------------------
-
-import re
-from collections.abc import Callable
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, UsageError
+from .ir import Model, Tensor
+from .rule_engine import apply_forward, apply_inverse
+from .rules import Rule
 
-LayoutFn = Callable[[np.ndarray, dict[str, Any]], np.ndarray]
+Config = Mapping[str, Any]
 
 
-class MappedArchitecture(Architecture):
-    """An architecture whose tensor names come from ``gguf.TensorNameMap``.
+# =========================================================================== hyperparameters
+def config_get(config: Config, path: str) -> Any:
+    """``config["a"]["b"]`` for ``"a.b"``; None when any part is missing."""
+    cur: Any = config
+    for part in path.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
 
-    A subclass lists the HF state-dict layout once (``hf_layout``, names with ``{bid}``
-    for the block index) and the layout transforms by HF name suffix
-    (``to_gguf_layout`` / ``from_gguf_layout``). Forward names come from gguf-py's
-    tables (not retyped here); the reverse map is the forward map of ``hf_layout``
-    inverted, so both directions always agree.
+
+def config_set(config: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    cur = config
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = cur[part] = {}
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def short_float(x: float) -> float:
+    """A float32 read back from a file, as the short decimal it was written from (1e-05, not 9.99999e-06)."""
+    return float(str(np.float32(x)))
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One metadata key of a target and the config key it holds.
+
+    ``key`` may contain ``{arch}`` (gguf-py's ``Keys.LLM.CONTEXT_LENGTH`` is
+    ``"{arch}.context_length"``). ``config`` names the config key, dotted for nested ones
+    (``"rope_parameters.rope_theta"``); ``fallbacks`` are read too, in order, but only ``config`` is
+    written back. ``default`` fills in a missing value both ways; ``required`` refuses a config
+    without it (a one-line error naming the key).
     """
 
-    #: gguf.MODEL_ARCH member name ("LLAMA", "GPT2", "QWEN2")
-    model_arch: str = ""
-    #: HF state-dict names, "{bid}" for the block index
-    hf_layout: tuple[str, ...] = ()
-    #: HF tensors that are buffers, not weights (skipped on the way to GGUF)
-    hf_skip: tuple[str, ...] = ()
-    #: the HF name of the output projection and of the token embedding
-    hf_output: str = "lm_head.weight"
-    hf_embedding: str = ""
+    key: str
+    config: str
+    type: type = int
+    default: Any = None
+    required: bool = False
+    fallbacks: tuple[str, ...] = ()
 
-    #: config keys that must be whole numbers >= 1, and those that may also be absent or null.
-    #: They are checked before any of them sizes a reshape or a loop, so that a hostile or broken
-    #: config.json is a one-line error naming that file rather than a crash deep in a layout.
+    def read(self, config: Config) -> Any:
+        for path in (self.config, *self.fallbacks):
+            v = config_get(config, path)
+            if v is not None:
+                return v
+        return self.default
+
+    def to_target(self, config: Config, arch: str, origin: str | None) -> tuple[str, Any] | None:
+        value = self.read(config)
+        if value is None:
+            if self.required:
+                raise InputError(f"{self.config} is missing from the config", path=origin)
+            return None
+        try:
+            value = self.type(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{self.config} is {value!r} in the config, not a {self.type.__name__}", path=origin) from None
+        return self.key.format(arch=arch), value
+
+    def from_target(self, meta: Config, arch: str, config: dict[str, Any], origin: str | None = None) -> None:
+        key = self.key.format(arch=arch)
+        value = meta.get(key, self.default)
+        if value is None:
+            if self.required:
+                raise InputError(f"metadata {key} is missing; a {arch} model needs it", path=origin)
+            return
+        config_set(config, self.config, short_float(value) if self.type is float else self.type(value))
+
+
+# =========================================================================== layouts
+RulesOf = Callable[[Config], Sequence[Rule]]
+
+
+@dataclass
+class Layout:
+    """How a family is laid out in one target format.
+
+    ``arch`` is the family's name in that format (GGUF ``general.architecture``). ``rules`` maps the
+    config to the tensor rules. ``hparams`` map config keys to metadata keys both ways;
+    ``extra_meta(config)`` adds computed keys on the way out and ``extra_config(meta, config)``
+    reads them back (both optional). ``config_base`` is what every config read back starts from
+    (``architectures``, ``model_type``, fixed keys such as the activation).
+    """
+
+    target: str
+    arch: str
+    rules: RulesOf
+    hparams: Sequence[HParam] = ()
+    extra_meta: Callable[[Config], dict[str, Any]] | None = None
+    extra_config: Callable[[Config, dict[str, Any]], None] | None = None
+    config_base: dict[str, Any] = field(default_factory=dict)
+
+    def meta_from_config(self, config: Config, origin: str | None = None) -> dict[str, Any]:
+        meta: dict[str, Any] = {}
+        for hp in self.hparams:
+            kv = hp.to_target(config, self.arch, origin)
+            if kv is not None:
+                meta[kv[0]] = kv[1]
+        if self.extra_meta is not None:
+            meta.update(self.extra_meta(config))
+        return meta
+
+    def config_from_meta(self, meta: Config, origin: str | None = None) -> dict[str, Any]:
+        config: dict[str, Any] = {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+                                  for k, v in self.config_base.items()}
+        for hp in self.hparams:
+            hp.from_target(meta, self.arch, config, origin)
+        if self.extra_config is not None:
+            self.extra_config(meta, config)
+        return config
+
+
+# =========================================================================== the contract
+class Architecture:
+    """One model family; see the module docstring. Subclass and set what your family needs."""
+
+    #: the family's name in lmconv (what ``lmconv families`` lists); unique among plugins
+    name: str = ""
+    #: HF architecture strings (config.json ``architectures[0]``) this family handles
+    hf_architectures: tuple[str, ...] = ()
+    #: config ``model_type`` values, for a config without ``architectures``
+    model_types: tuple[str, ...] = ()
+    description: str = ""
+    #: HF state-dict name endings that are buffers, not weights (left out, never compared)
+    hf_skip: tuple[str, ...] = ()
+    #: the HF names of the token embedding and of the output projection (for ties)
+    hf_embedding: str = ""
+    hf_output: str = "lm_head.weight"
+    #: config keys that must be whole numbers >= 1, and those that may also be absent or null: checked
+    #: before any of them sizes a reshape, so a broken config.json is a one-line error naming that file
     required_ints: tuple[str, ...] = ()
     optional_ints: tuple[str, ...] = ()
+    #: the plugin that registered it (set by the registry)
+    plugin: str = ""
 
-    # ---- config checks ---------------------------------------------------------------
-    def check_config(self, config: dict[str, Any], origin: str | None) -> None:
+    # ---- what it can do -------------------------------------------------------------
+    def layouts(self) -> dict[str, Layout]:
+        """Target format name → :class:`Layout`. Formats that keep HF names need none."""
+        return {}
+
+    def layout(self, target: str) -> Layout | None:
+        return self.layouts().get(target)
+
+    @property
+    def has_forward(self) -> bool:
+        return type(self).forward is not Architecture.forward
+
+    def forward(self, model: Model, ids: Sequence[int], dtype: np.dtype) -> np.ndarray:
+        """Logits ``[len(ids), vocab]`` of ``model`` (HF names and layouts) in ``dtype`` (float32 or
+        float64), computed as transformers' eager implementation does. Load weights one at a time
+        through :class:`lmconv.blocks.Weights`."""
+        raise UsageError(f"the {self.name} family has no reference forward pass")
+
+    # ---- checks --------------------------------------------------------------------
+    def check_config(self, config: Config, origin: str | None) -> None:
         """Refuse a config whose sizes cannot describe a model of this family."""
         for key in self.required_ints + self.optional_ints:
             value = config.get(key)
             if value is None:
                 if key in self.required_ints:
-                    raise InputError(f"{key} is missing from the config of a {self.gguf_arch} model", path=origin)
+                    raise InputError(f"{key} is missing from the config of a {self.name} model", path=origin)
                 continue
             if type(value) is not int or not 1 <= value < 2**40:
                 raise InputError(f"{key} is {value!r} in the config; it must be a whole number of at least 1", path=origin)
         self.check_consistency(config, origin)
 
-    def check_consistency(self, config: dict[str, Any], origin: str | None) -> None:
+    def check_consistency(self, config: Config, origin: str | None) -> None:
         """Relations between config values (heads that divide the width, …); override per family."""
 
-    def expected_shape(self, hf_name: str, config: dict[str, Any]) -> tuple[int | None, ...] | None:
+    def expected_shape(self, hf_name: str, config: Config) -> tuple[int | None, ...] | None:
         """The HF-layout shape the (checked) config implies for ``hf_name`` (None in a dimension: any
         size, e.g. a padded vocabulary), or None when this family says nothing of that tensor."""
         return None
 
-    def check_shape(self, hf_name: str, shape: tuple[int, ...], config: dict[str, Any], origin: str | None) -> None:
+    def check_shape(self, hf_name: str, shape: tuple[int, ...], config: Config, origin: str | None) -> None:
         """Refuse a tensor whose shape the config contradicts: a transposed or resized tensor of the
         same byte size would otherwise convert into a model that computes nonsense."""
         want = self.expected_shape(hf_name, config)
@@ -117,126 +222,80 @@ class MappedArchitecture(Architecture):
                              "config and weights disagree", path=origin)
 
     def check_shapes(self, model: Model, origin: str | None) -> None:
-        """Every tensor of the model against :meth:`expected_shape`."""
         for t in model:
             self.check_shape(t.name, t.shape, model.config, origin)
 
-    # ---- names -------------------------------------------------------------------
-    def _name_map(self, n_layer: int) -> Any:
-        import gguf
+    def n_layer(self, config: Config) -> int:
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(config.get(key), int):
+                return int(config[key])
+        raise InputError(f"the config of a {self.name} model gives no layer count")
 
-        return gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, self.model_arch), n_layer)
+    def is_buffer(self, name: str) -> bool:
+        return any(name.endswith(s) for s in self.hf_skip)
 
-    def n_layer(self, config: dict[str, Any]) -> int:
-        raise NotImplementedError
+    # ---- ties ----------------------------------------------------------------------
+    def is_tied(self, model: Model) -> bool:
+        """Tied when the output projection is missing or an alias of the embedding."""
+        if not self.hf_output or self.hf_output in model.tensors:
+            return False
+        return True
 
-    def hf_names(self, config: dict[str, Any]) -> list[str]:
-        out = []
-        for tmpl in self.hf_layout:
-            if "{bid}" in tmpl:
-                out += [tmpl.format(bid=i) for i in range(self.n_layer(config))]
-            else:
-                out.append(tmpl)
+    def untied_tensors(self, model: Model) -> list[Tensor]:
+        """The tensors without aliases, for a target that stores each name once: a tied output is
+        left out (the target reuses the embedding), an output the config says is untied but that is
+        one tensor with the embedding in this model is written under both names."""
+        tied = self.is_tied(model) and model.config.get("tie_word_embeddings", True) is not False
+        out: list[Tensor] = []
+        for t in model:
+            if self.is_buffer(t.name):
+                continue
+            out.append(t.replace(aliases=()))
+            if self.hf_output in t.aliases and not tied:
+                out.append(t.replace(name=self.hf_output, aliases=()))
         return out
 
-    def gguf_name(self, hf_name: str, n_layer: int) -> str | None:
-        return self._name_map(n_layer).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    # ---- both ways -------------------------------------------------------------------
+    def _layout_or_fail(self, target: str) -> Layout:
+        layout = self.layout(target)
+        if layout is None:
+            raise UsageError(f"the {self.name} family has no layout for {target}")
+        return layout
 
-    def reverse_names(self, config: dict[str, Any]) -> dict[str, str]:
-        """GGUF name → HF name for every tensor this layout can have."""
-        nmap = self._name_map(self.n_layer(config))
-        rev = {}
-        for hf in self.hf_names(config):
-            g = nmap.get_name(hf, try_suffixes=(".weight", ".bias"))
-            if g is not None:
-                rev[g] = hf
-        return rev
-
-    # ---- layouts (override in subclasses) ------------------------------------------------
-    def to_gguf_layout(self, hf_name: str, config: dict[str, Any]) -> LayoutFn | None:
-        return None
-
-    def from_gguf_layout(self, hf_name: str, config: dict[str, Any]) -> LayoutFn | None:
-        return None
-
-    def layout_shape(self, hf_name: str, shape: tuple[int, ...], config: dict[str, Any], forward: bool) -> tuple[int, ...]:
-        """Shape after the layout transform (transposes swap the two axes)."""
-        return shape
-
-    # ---- tensors ---------------------------------------------------------------------
-    def to_gguf_tensors(self, model: Model, warn: Callable[[str], None] = lambda m: None) -> list[Tensor]:
+    def to_target(self, model: Model, target: str, warn: Callable[[str], None] = lambda m: None
+                  ) -> tuple[list[Tensor], dict[str, Any]]:
+        """HF tensors and config → ``target``'s tensors (lazy) and metadata."""
+        layout = self._layout_or_fail(target)
         config = model.config
         origin = model.config_source or model.source or None
         self.check_config(config, origin)
         self.check_shapes(model, origin)
-        n_layer = self.n_layer(config)
-        tied = self.is_tied(model)
-        out = []
-        for t in model:
-            names = (t.name,) + t.aliases
-            if any(n.endswith(s) for n in names for s in self.hf_skip):
-                continue
-            if t.name == self.hf_output and tied:
-                continue
-            gname = self.gguf_name(t.name, n_layer)
-            if gname is None:
-                warn(f"tensor {t.name!r} has no GGUF name for {self.gguf_arch}; left out")
-                continue
-            fn = self.to_gguf_layout(t.name, config)
-            shape = self.layout_shape(t.name, t.shape, config, True)
-            if t.undo is not None and t.undo.name == gname:
-                t = t.undo  # read from GGUF with the inverse layout: take the original as it was
-            elif fn is not None:
-                t = t.map(lambda a, fn=fn: fn(a, config), shape=shape)
-            if not tied and self.hf_output in t.aliases:
-                # Untied in the config but one tensor in the file: write both names (llama.cpp needs output).
-                out.append(t.replace(name=gname, aliases=()))
-                out.append(t.replace(name="output.weight", aliases=()))
-                continue
-            out.append(t.replace(name=gname, aliases=()))
-        return out
+        tensors, unmatched = apply_forward(layout.rules(config), self.untied_tensors(model), config)
+        for t in unmatched:
+            warn(f"tensor {t.name!r} has no {target} name in a {layout.arch} model; left out")
+        return tensors, layout.meta_from_config(config, origin)
 
-    def is_tied(self, model: Model) -> bool:
-        """Tied when the output projection is missing or an alias of the embedding."""
-        if self.hf_output in model.tensors:
-            return False
-        emb = model.tensors.get(self.hf_embedding)
-        if emb is not None and self.hf_output in emb.aliases:
-            return True
-        return self.hf_output not in model.tensors
+    def from_target(self, tensors: Sequence[Tensor], config: dict[str, Any], target: str,
+                    origin: str | None = None) -> tuple[list[Tensor], dict[str, Any]]:
+        """``target``'s tensors and the config read from its metadata → HF tensors (lazy) and config."""
+        layout = self._layout_or_fail(target)
+        self.check_config(config, origin)
+        hf, unmatched, folded = apply_inverse(layout.rules(config), tensors, config)
+        if unmatched:
+            t = unmatched[0]
+            raise InputError(f"tensor {t.name!r} is not part of a {layout.arch} model", path=t.origin or origin)
+        config = {**config, **folded}
+        for t in hf:
+            self.check_shape(t.name, t.shape, config, t.origin or origin)
+        names = {t.name for t in hf}
+        if self.hf_output and self.hf_embedding in names and self.hf_output not in names:
+            if config.get("tie_word_embeddings") is False:
+                hf = [t.replace(aliases=t.aliases + (self.hf_output,)) if t.name == self.hf_embedding else t for t in hf]
+            else:
+                config["tie_word_embeddings"] = True
+        elif self.hf_output in names and "tie_word_embeddings" not in config:
+            config["tie_word_embeddings"] = False
+        return hf, config
 
-    def from_gguf_tensors(self, tensors: list[Tensor], config: dict[str, Any]) -> list[Tensor]:
-        self.check_config(config, tensors[0].origin if tensors else None)
-        rev = self.reverse_names(config)
-        out = []
-        for t in tensors:
-            hf = rev.get(t.name)
-            if hf is None:
-                raise InputError(f"tensor {t.name!r} is not part of a {self.gguf_arch} model", path=t.origin or None)
-            fn = self.from_gguf_layout(hf, config)
-            shape = self.layout_shape(hf, t.shape, config, False)
-            self.check_shape(hf, shape, config, t.origin or None)
-            original = t
-            if fn is not None:
-                if t.dtype.is_quantized:
-                    from .transforms import dequantize_tensor
-
-                    t = dequantize_tensor(t)
-                t = t.map(lambda a, fn=fn: fn(a, config), shape=shape)
-            out.append(t.replace(name=hf, undo=original))
-        return out
-
-
-def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """HF → GGUF rotary layout: within each head, interleave the two halves (llama.cpp's permute)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def rope_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """The exact inverse of :func:`rope_permute` (GGUF → HF)."""
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def block_index(name: str) -> int | None:
-    m = re.search(r"\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
+    def __repr__(self) -> str:
+        return f"<Architecture {self.name} {self.hf_architectures}>"

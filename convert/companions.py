@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import InputError, OutputError
 from .ir import Model, Tokenizer
+from .tokenizer_files import equivalent_tokenizers, tokenizer_files
 
 TOKENIZER_FILES: tuple[str, ...] = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -82,8 +83,6 @@ def config_bytes(model: Model) -> bytes | None:
 
 def companion_files(model: Model) -> dict[str, bytes]:
     """Every companion file of ``model`` by name (config, tokenizer, extras)."""
-    from .tokenizer_files import tokenizer_files
-
     out: dict[str, bytes] = {}
     cfg = config_bytes(model)
     if cfg is not None:
@@ -114,16 +113,23 @@ def _same_content(path: Path, data: bytes) -> bool:
 def write_companions(model: Model, staging_dir: Path, final_dir: Path, *, force: bool) -> list[Path]:
     """Stage the companion files that are missing or different in ``final_dir``.
 
-    An identical file already there is left alone; a different one needs ``--force``.
+    An identical file already there is left alone, and so are tokenizer files that describe the
+    same tokenizer as ours (a tokenizer rebuilt from GGUF fields spells its regexes its own way);
+    a real difference needs ``--force``.
     """
     produced = []
-    for name, data in companion_files(model).items():
+    files = companion_files(model)
+    ours = {n: files[n] for n in TOKENIZER_FILES if n in files}
+    theirs = {n: _read_small(final_dir / n) for n in TOKENIZER_FILES if (final_dir / n).is_file()}
+    if ours and theirs and ours != theirs and equivalent_tokenizers(theirs, ours, model.config):
+        files = {n: d for n, d in files.items() if n not in ours}
+    for name, data in files.items():
         final = final_dir / name
         if final.is_file():
             if _same_content(final, data):
                 continue
             if not force:
-                raise OutputError(f"exists with different content; pass --force to replace it (or --no-companions)", path=final)
+                raise OutputError("exists with different content; pass --force to replace it (or --no-companions)", path=final)
         path = staging_dir / name
         path.write_bytes(data)
         produced.append(path)

@@ -29,6 +29,10 @@ class UsageError(LmconvError):
     exit_code = 2
 
 
+class PluginClashError(UsageError):
+    """Two plugins registered the same name (format, quantiser, architecture, option)."""
+
+
 class InputError(LmconvError):
     """The source is missing, unreadable, of an unknown kind, or corrupt."""
 

@@ -16,6 +16,7 @@ from typing import Any
 from .dtypes import DType
 from .errors import UsageError
 from .ir import Model
+from .transforms import cast_model, dequantize_model
 
 
 @dataclass
@@ -23,10 +24,10 @@ class WriteOptions:
     """Everything a writer may need to know about the user's request.
 
     ``dtype`` casts floating tensors; ``quant`` names a quantiser or preset (only
-    formats with ``stores_quantized`` accept it); ``extra`` carries format-specific
-    flags (``split_max_size``, ``pre_tokenizer``, ``max_shard_size`` …) so that a
-    new plugin needs no change in the core to get its own options through.
-    ``progress`` is called with the bytes of each tensor written.
+    formats with ``stores_quantized`` accept it); ``extra`` carries the values of the
+    options plugins declared (:mod:`lmconv.options`), by ``dest`` name and already parsed
+    (``max_shard_size`` in bytes …), plus ``strict``. ``progress`` is called with the
+    bytes of each tensor written.
     """
 
     dtype: DType | None = None
@@ -62,6 +63,9 @@ class Format:
     stores_dtypes: frozenset[str] | None = None
     can_read: bool = True
     can_write: bool = True
+    #: formats are asked to ``sniff`` an input in this order (then in plugin load order): a format
+    #: that claims broadly (any folder with a config.json) sets a high number so specific ones go first
+    sniff_order: int = 0
 
     def sniff(self, path: Path) -> bool:
         """True when ``path`` is in this format, judged by content (magic bytes) where possible."""
@@ -74,8 +78,6 @@ class Format:
     def prepare(self, model: Model, options: WriteOptions) -> Model:
         """Apply the requested casts before writing. The default: cast floats to ``options.dtype``,
         refuse ``--quant``, dequantise block types to f32 (or to ``options.dtype``)."""
-        from .transforms import cast_model, dequantize_model
-
         if options.quant and not self.stores_quantized:
             raise UsageError(
                 f"--quant {options.quant} needs a target that stores quantised blocks (GGUF); "

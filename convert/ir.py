@@ -18,8 +18,29 @@ import numpy as np
 from . import dtypes as _dt
 from .dtypes import DType
 from .errors import InputError
+from .parallel import map_rows
 
 Loader = Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class Derivation:
+    """How a reader made a tensor out of the tensors its file stores: output ``index`` of the
+    ``outputs`` that the inverse of layout rule ``rule`` computed from ``inputs``.
+
+    ``group`` is one token per application of that inverse, so that a writer can tell that N
+    tensors came out of the same application, in order, and put the stored ``inputs`` back as
+    they were instead of recomputing them (see :func:`lmconv.rules.apply_forward`).
+    """
+
+    rule: Any  # the lmconv.rules.Rule whose inverse made it
+    inputs: tuple[Tensor, ...]
+    index: int
+    outputs: int
+    group: object
+
+    def with_inputs(self, inputs: tuple[Tensor, ...]) -> Derivation:
+        return Derivation(self.rule, inputs, self.index, self.outputs, self.group)
 
 
 class Tensor:
@@ -30,7 +51,7 @@ class Tensor:
     (``"cast:f16"``, ``"quant:q8_0"``) so verification can pick the right tolerance.
     """
 
-    __slots__ = ("name", "shape", "dtype", "_loader", "aliases", "history", "origin", "undo", "_release", "_rows")
+    __slots__ = ("name", "shape", "dtype", "_loader", "aliases", "history", "origin", "derivation", "_release", "_rows")
 
     def __init__(
         self,
@@ -42,7 +63,7 @@ class Tensor:
         aliases: tuple[str, ...] = (),
         history: tuple[str, ...] = (),
         origin: str = "",
-        undo: Tensor | None = None,
+        derivation: Derivation | None = None,
         release: Callable[[], None] | None = None,
         rows: tuple[Callable[[np.ndarray], np.ndarray], Tensor] | None = None,
     ) -> None:
@@ -53,10 +74,11 @@ class Tensor:
         self.aliases = tuple(aliases)
         self.history = tuple(history)
         self.origin = origin  # the file it comes from, for error messages
-        # When this tensor is a pure layout transform (permute, transpose) of another,
-        # ``undo`` is that other tensor: a writer that would apply the inverse takes it
-        # as it is instead, so GGUF → HF names → GGUF keeps quantised blocks untouched.
-        self.undo = undo
+        # Set when a reader made this tensor from the tensors its file stores by an exact layout
+        # rule (un-permute, unstack experts, split a fused tensor): a writer that would apply the
+        # rule again takes the stored tensors as they are (lmconv.rules), so GGUF → HF names → GGUF
+        # keeps quantised blocks untouched.
+        self.derivation = derivation
         # Called by a writer once it is done with this tensor's array: memory-mapped
         # readers drop the pages from this process (the page cache keeps them), so
         # RSS stays bounded by the tensors in flight, not by the size of the model.
@@ -64,6 +86,15 @@ class Tensor:
         # ``(fn, parent)`` when this tensor is ``fn(parent.load())`` for a row-wise ``fn`` (see
         # :meth:`map`): writers then compute and write it in chunks of rows (lmconv.streaming).
         self._rows = rows
+
+    @property
+    def undo(self) -> Tensor | None:
+        """The tensor as its file stores it, when this one is an exact one-to-one re-layout of it
+        (renamed, un-permuted, transposed); None otherwise."""
+        d = self.derivation
+        if d is not None and d.outputs == 1 and len(d.inputs) == 1:
+            return d.inputs[0]
+        return None
 
     @property
     def nbytes(self) -> int:
@@ -100,7 +131,7 @@ class Tensor:
         """A copy with some attributes changed (the loader keeps pointing at the same source)."""
         kw = {
             "name": self.name, "shape": self.shape, "dtype": self.dtype, "loader": self._loader,
-            "aliases": self.aliases, "history": self.history, "origin": self.origin, "undo": self.undo,
+            "aliases": self.aliases, "history": self.history, "origin": self.origin, "derivation": self.derivation,
             "release": self._release,
             # a new loader, shape or dtype is another recipe: the row-wise one no longer describes it
             "rows": None if {"loader", "shape", "dtype"} & set(changes) else self._rows,
@@ -130,7 +161,7 @@ class Tensor:
             fn, parent = self._rows
             new = parent.wrap_source(wrap).map(fn, shape=self.shape, dtype=self.dtype, rows=True)
             new.name, new.aliases, new.history = self.name, self.aliases, self.history
-            new.origin, new.undo = self.origin, self.undo
+            new.origin, new.derivation = self.origin, self.derivation
             return new
         return self.replace(loader=wrap(self._loader))
 
@@ -148,14 +179,12 @@ class Tensor:
 
         ``rows=True`` promises that ``fn`` works row by row (every row of the last axis becomes one
         row of the result, independently: casts, block quantisers): a large tensor is then
-        computed in chunks of rows on all cores (see :func:`lmconv.streaming.map_rows`).
+        computed in chunks of rows on all cores (see :func:`lmconv.parallel.map_rows`).
         """
         parent = self
         out_shape = self.shape if shape is None else tuple(shape)
         out_dtype = dtype or self.dtype
         if rows:
-            from .streaming import map_rows
-
             np_out = out_dtype.numpy if out_dtype.numpy is not None else np.dtype(np.uint8)
 
             def loader() -> np.ndarray:
@@ -169,7 +198,7 @@ class Tensor:
             dtype=out_dtype,
             loader=loader,
             history=self.history + ((note,) if note else ()),
-            undo=None,
+            derivation=None,
             release=parent.release,
         )
         if rows:
@@ -211,12 +240,14 @@ def tensor_from_array(name: str, array: np.ndarray, **kw: Any) -> Tensor:
 class Tokenizer:
     """A tokenizer in two interchangeable spellings.
 
-    ``files`` are the original Hugging Face files, verbatim, when the source had
-    them (tokenizer.json, tokenizer_config.json, tokenizer.model, …); ``fields``
-    are GGUF's ``tokenizer.*`` key/values (model, pre, tokens, token_type, scores,
-    merges, special ids, add_bos/eos, chat_template) — the one vocabulary-level
-    description that is already neutral between runtimes. Either side is built
-    from the other on demand by the GGUF plugin's tokenizer bridge.
+    ``files`` are the original Hugging Face files, verbatim, when the source had them
+    (tokenizer.json, tokenizer_config.json, tokenizer.model, …). ``fields`` are the runtime-level
+    description, one key per fact: ``model`` (the tokenizer algorithm), ``pre`` (the pre-tokenizer),
+    ``tokens``, ``token_type``, ``scores``, ``merges``, ``bos_token_id`` and the other special ids,
+    ``add_bos_token``, ``chat_template`` … These are the facts GGUF stores under ``tokenizer.ggml.*``
+    (the GGUF plugin adds and strips that prefix), because that is the one vocabulary-level
+    description already shared between runtimes. Either spelling is built from the other on
+    demand by a tokenizer bridge that a plugin registers (see :mod:`lmconv.tokenizer_files`).
     """
 
     files: dict[str, bytes] = field(default_factory=dict)

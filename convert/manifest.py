@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from .ir import Model
+from .registry import get_registry
 
 CONFIG_SUMMARY_KEYS = (
     "model_type", "hidden_size", "n_embd", "intermediate_size", "n_inner", "num_hidden_layers", "n_layer",
@@ -25,15 +26,15 @@ def tokenizer_summary(model: Model) -> dict[str, Any] | None:
     out: dict[str, Any] = {"files": sorted(tok.files)}
     if tok.fields:
         f = tok.fields
-        out["kind"] = f.get("tokenizer.ggml.model")
-        out["pre"] = f.get("tokenizer.ggml.pre")
-        tokens = f.get("tokenizer.ggml.tokens")
+        out["kind"] = f.get("model")
+        out["pre"] = f.get("pre")
+        tokens = f.get("tokens")
         out["vocab_size"] = len(tokens) if isinstance(tokens, list) else None
-        merges = f.get("tokenizer.ggml.merges")
+        merges = f.get("merges")
         out["merges"] = len(merges) if isinstance(merges, list) else 0
-        out["bos_token_id"] = f.get("tokenizer.ggml.bos_token_id")
-        out["eos_token_id"] = f.get("tokenizer.ggml.eos_token_id")
-        out["chat_template"] = "tokenizer.chat_template" in f
+        out["bos_token_id"] = f.get("bos_token_id")
+        out["eos_token_id"] = f.get("eos_token_id")
+        out["chat_template"] = "chat_template" in f
     elif "tokenizer.json" in tok.files:
         try:
             tj = json.loads(tok.files["tokenizer.json"])
@@ -58,10 +59,12 @@ def manifest(model: Model) -> dict[str, Any]:
         tensors.append({"name": t.name, "shape": list(t.shape), "dtype": stored.dtype.name, "bytes": stored.nbytes, "aliases": list(t.aliases)})
         params += t.numel
     meta = {k: v for k, v in model.metadata.items() if _jsonable(v)}
+    family = get_registry().architecture_for(model.config)
     return {
         "path": model.source,
         "format": model.format,
         "architecture": model.architecture,
+        "family": family.name if family is not None else None,
         "config": {k: model.config[k] for k in CONFIG_SUMMARY_KEYS if k in model.config},
         "tokenizer": tokenizer_summary(model),
         "metadata": meta,

@@ -11,18 +11,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
+from . import dtypes as dt
 from .atomic import Staging, describe_os_error
 from .companions import attach_companions, write_companions
 from .errors import InputError, LmconvError, OutputError, UsageError
 from .formats import Format, ReadOptions, WriteOptions
-from .ir import Model
+from .ir import Model, Tensor
 from .registry import get_registry
+from .streaming import all_finite
+from .transforms import dequantize_tensor
 
 
 def detect_format(path: Path) -> Format:
     """Which registered format reads ``path``: by content first, by extension second."""
     reg = get_registry()
-    readers = [f for f in reg.formats.values() if f.can_read]
+    readers = sorted((f for f in reg.formats.values() if f.can_read), key=lambda f: f.sniff_order)
     for fmt in readers:
         try:
             if fmt.sniff(path):
@@ -84,8 +89,6 @@ def read_model(
         model = fmt.read(path, opts)
     except LmconvError:
         raise
-    except MemoryError:
-        raise InputError("claims more memory than this machine has (corrupt or hostile header)", path=path) from None
     except OSError as exc:
         raise InputError(f"cannot read: {describe_os_error(exc)}", path=path) from None
     model.format = model.format or fmt.name
@@ -104,11 +107,6 @@ def guard_non_finite(model: Model, *, strict: bool, warn: Callable[[str], None])
     with a warning naming the tensor; ``--strict`` refuses instead, before anything is renamed
     into place.
     """
-    import numpy as np
-
-    from .ir import Tensor
-    from .streaming import all_finite
-
     def report(t: Tensor, arr: np.ndarray) -> None:
         n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
         msg = f"tensor {t.name!r} holds {n_nan} NaN and {n_inf} Inf values"
@@ -117,15 +115,14 @@ def guard_non_finite(model: Model, *, strict: bool, warn: Callable[[str], None])
         warn(msg)
 
     def wrap(t: Tensor) -> Tensor:
-        if t.undo is not None:
-            # A writer may take the tensor as it was read (GGUF → GGUF skips the layout round trip):
-            # that path must be checked too.
-            t = t.replace(undo=wrap(t.undo))
+        d = t.derivation
+        if d is not None:
+            # A writer may take the tensors as they were read (GGUF → GGUF skips the layout round
+            # trip): that path must be checked too.
+            t = t.replace(derivation=d.with_inputs(tuple(wrap(i) for i in d.inputs)))
         if t.dtype.is_quantized and strict:
             # Blocks are copied as blocks, so their values are never seen; --strict dequantises a copy
             # to look (the cost of asking for it). Without --strict, quantised tensors are not checked.
-            from .transforms import dequantize_tensor
-
             def checked_blocks(inner: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
                 def load() -> np.ndarray:
                     blocks = inner()
@@ -191,8 +188,6 @@ def convert(
     on_model: Callable[[Model], None] = lambda m: None,
 ) -> ConversionResult:
     """Convert ``src`` to ``dst``. Raises :class:`LmconvError` subclasses for every user error."""
-    from . import dtypes as dt
-
     warnings: list[str] = []
 
     def _warn(msg: str) -> None:

@@ -3,15 +3,17 @@
 Plugin loading survives mistakes: a plugin that fails to import, or whose hook
 raises, is recorded as broken with its reason and the others keep working.
 ``LMCONV_DISABLE_PLUGINS=name,...`` skips plugins by entry-point name. Two
-plugins claiming the same format name is an error that names both.
+plugins claiming the same name (a format, a quantiser, an architecture, an option
+declared differently) is a :class:`PluginClashError` that names both.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -20,23 +22,26 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import UsageError
+from .errors import PluginClashError, UsageError
+from .options import Option
+from .quantizers import Preset, Quantizer
+from .runtimes import Runtime
+from .bridges import TokenizerBridge
 
 ENTRY_POINT_GROUP = "lmconv"
 
-# Used only when lmconv runs from a source tree that was never installed (no entry
-# points in any dist-info). An installed lmconv always goes through entry points.
-_BUILTINS_FALLBACK = {
-    "safetensors": "lmconv.plugins.safetensors_format",
-    "pytorch": "lmconv.plugins.pytorch_format",
-    "hf": "lmconv.plugins.hf_directory",
-    "gguf": "lmconv.plugins.gguf.format",
-    "quantizers": "lmconv.plugins.quantizers.builtin",
-    "arch_llama": "lmconv.plugins.arch_llama",
-    "arch_gpt2": "lmconv.plugins.arch_gpt2",
-    "tf": "lmconv.plugins.tf_checkpoint",
-    "h5": "lmconv.plugins.keras_h5",
-}
+# A source tree that was never installed has no entry points in any dist-info: its built-ins are
+# read from the [project.entry-points.lmconv] table of its own pyproject.toml, the one list there is.
+_SOURCE_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def _source_tree_builtins() -> dict[str, str]:
+    try:
+        with open(_SOURCE_PYPROJECT, "rb") as fh:
+            table = tomllib.load(fh)
+        return dict(table["project"]["entry-points"][ENTRY_POINT_GROUP])
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return {}
 
 
 @dataclass
@@ -56,10 +61,15 @@ class Registry:
     def __init__(self) -> None:
         self.plugins: list[PluginInfo] = []
         self.formats: dict[str, Any] = {}
-        self.quantizers: dict[str, Any] = {}
-        self.presets: dict[str, Any] = {}
-        self.architectures: dict[str, Any] = {}  # by HF architecture string
-        self.gguf_architectures: dict[str, Any] = {}  # by general.architecture
+        self.quantizers: dict[str, Quantizer] = {}
+        self.presets: dict[str, Preset] = {}
+        self.architectures: dict[str, Any] = {}  # by family name
+        self._by_hf: dict[str, Any] = {}  # HF architecture string → family
+        self._by_model_type: dict[str, Any] = {}  # config model_type → family
+        self._by_target: dict[tuple[str, str], Any] = {}  # (format, that format's name of the family) → family
+        self.options: dict[str, Option] = {}
+        self.runtimes: dict[str, Runtime] = {}
+        self.tokenizer_bridge: TokenizerBridge | None = None
         self._owner: dict[tuple[str, str], str] = {}
 
     # --- lookups -----------------------------------------------------------------
@@ -69,36 +79,71 @@ class Registry:
         except KeyError:
             raise UsageError(f"unknown format {name!r}; known formats: {', '.join(sorted(self.formats))}") from None
 
-    def architecture_for(self, hf_arch: str | None) -> Any | None:
-        return self.architectures.get(hf_arch) if hf_arch else None
+    def architecture_for(self, config: dict[str, Any] | str | None) -> Any | None:
+        """The family of a model: by ``config["architectures"][0]``, else by ``model_type`` (a bare
+        string is taken as an HF architecture name)."""
+        if isinstance(config, str):
+            return self._by_hf.get(config)
+        if not isinstance(config, dict):
+            return None
+        archs = config.get("architectures")
+        if isinstance(archs, list):
+            for a in archs:
+                if isinstance(a, str) and a in self._by_hf:
+                    return self._by_hf[a]
+            if any(isinstance(a, str) for a in archs):
+                return None  # a class lmconv does not know, even if its model_type looks familiar
+        mt = config.get("model_type")
+        return self._by_model_type.get(mt) if isinstance(mt, str) else None
+
+    def architecture_in(self, target: str, name: str) -> Any | None:
+        """The family that ``target`` (a format name) calls ``name`` (GGUF's general.architecture)."""
+        return self._by_target.get((target, name))
+
+    def target_names(self, target: str) -> list[str]:
+        """Every family name a format knows (for messages that list them)."""
+        return sorted(n for t, n in self._by_target if t == target)
 
     def quant_names(self) -> list[str]:
-        return sorted(set(self.quantizers) | set(self.presets))
+        return sorted({k for k, q in self.quantizers.items() if q.can_quantize} | set(self.presets))
 
-    def quantizer(self, name: str) -> Any:
+    def quantizer(self, name: str) -> Quantizer:
         """The kernel for one block or float type (q8_0, q4_K, f16 …), case-insensitive."""
-        key = name.lower()
-        for k, v in self.quantizers.items():
-            if k.lower() == key:
-                return v
-        raise UsageError(f"unknown quantisation type {name!r}; valid: {', '.join(sorted(self.quantizers))}")
+        q = self.quantizers.get(name.lower())
+        if q is None:
+            raise UsageError(f"unknown quantisation type {name!r}; valid: {', '.join(self.quant_names())}")
+        return q
 
-    def quant_policy(self, name: str) -> Any:
+    def dequantizer(self, dtype_name: str) -> Quantizer:
+        """The plugin that turns ``dtype_name`` blocks back into floats."""
+        q = self.quantizers.get(dtype_name.lower())
+        if q is None:
+            raise UsageError(f"no installed plugin dequantises {dtype_name} blocks")
+        return q
+
+    def quant_policy(self, name: str) -> Quantizer | Preset:
         """What ``--quant NAME`` means: a preset (a per-tensor mixture, as llama-quantize's file
         types are) when one has that name, else a single type applied to every quantisable tensor."""
         key = name.lower()
         if key in self.presets:
             return self.presets[key]
-        for k, v in self.quantizers.items():
-            if k.lower() == key:
-                return v
-        raise UsageError(f"unknown quantisation type {name!r}; valid: {', '.join(self.quant_names())}")
+        q = self.quantizers.get(key)
+        if q is None or not q.can_quantize:
+            raise UsageError(f"unknown quantisation type {name!r}; valid: {', '.join(self.quant_names())}")
+        return q
+
+    def runtime(self, name: str) -> Runtime:
+        try:
+            return self.runtimes[name]
+        except KeyError:
+            raise UsageError(f"unknown runtime {name!r}; known: numpy, {', '.join(sorted(self.runtimes)) or '(none)'}") from None
 
     # --- registration -----------------------------------------------------------------
     def _claim(self, kind: str, name: str, plugin: str) -> None:
         owner = self._owner.get((kind, name))
         if owner is not None and owner != plugin:
-            raise UsageError(f"{kind} {name!r} is registered by two plugins: {owner} and {plugin}; disable one with LMCONV_DISABLE_PLUGINS")
+            raise PluginClashError(f"{kind} {name!r} is registered by two plugins: {owner} and {plugin}; "
+                                   "disable one with LMCONV_DISABLE_PLUGINS")
         self._owner[(kind, name)] = plugin
 
     def _register_format(self, plugin: PluginInfo, fmt: Any) -> None:
@@ -108,22 +153,78 @@ class Registry:
         fmt.plugin = plugin.name
         plugin.provides.append(f"format:{name}")
 
-    def _register_quantizer(self, plugin: PluginInfo, q: Any) -> None:
-        from .quantizers import Preset
-
-        table, kind = (self.presets, "preset") if isinstance(q, Preset) else (self.quantizers, "quantizer")
+    def _register_quantizer(self, plugin: PluginInfo, q: Quantizer | Preset) -> None:
+        if isinstance(q, Preset):
+            table: dict[str, Any] = self.presets
+            kind = "preset"
+        elif isinstance(q, Quantizer):
+            table, kind = self.quantizers, "quantizer"
+        else:
+            raise TypeError(f"register_quantizers takes a Quantizer or a Preset, not {type(q).__name__}")
         key = q.name.lower()
-        self._claim(kind, key, plugin.name)
+        known = table.get(key)
+        if isinstance(q, Quantizer) and known is not None and known.can_quantize != q.can_quantize:
+            # A read-only registration (a type some plugin can only dequantise) gives way to a plugin
+            # that can produce the type, whichever registers first: that is not a clash.
+            if known.can_quantize:
+                return
+            reader = self._owner.get((kind, key))
+            for info in self.plugins:
+                if info.name == reader and f"{kind}:{known.name}" in info.provides:
+                    info.provides.remove(f"{kind}:{known.name}")
+            self._owner[(kind, key)] = plugin.name
+        else:
+            self._claim(kind, key, plugin.name)
         table[key] = q
         plugin.provides.append(f"{kind}:{q.name}")
 
     def _register_architecture(self, plugin: PluginInfo, arch: Any) -> None:
+        name = getattr(arch, "name", "") or ""
+        if not name:
+            raise TypeError(f"{type(arch).__name__} has no name")
+        self._claim("architecture", name, plugin.name)
         for hf in arch.hf_architectures:
-            self._claim("architecture", hf, plugin.name)
-            self.architectures[hf] = arch
-        if arch.gguf_arch:
-            self.gguf_architectures.setdefault(arch.gguf_arch, arch)
-        plugin.provides.append(f"architecture:{arch.gguf_arch or ','.join(arch.hf_architectures)}")
+            self._claim("HF architecture", hf, plugin.name)
+        targets = arch.layouts()
+        for target, layout in targets.items():
+            self._claim(f"{target} architecture", layout.arch, plugin.name)
+        self.architectures[name] = arch
+        for hf in arch.hf_architectures:
+            self._by_hf[hf] = arch
+        for mt in arch.model_types:
+            self._by_model_type.setdefault(mt, arch)
+        for target, layout in targets.items():
+            self._by_target[(target, layout.arch)] = arch
+        arch.plugin = plugin.name
+        plugin.provides.append(f"architecture:{name}")
+
+    def _register_option(self, plugin: PluginInfo, opt: Option) -> None:
+        same_dest = next((o for o in self.options.values() if o.dest == opt.dest and o.flag != opt.flag), None)
+        if same_dest is not None:
+            raise PluginClashError(f"options {same_dest.flag} ({', '.join(same_dest.plugins)}) and {opt.flag} "
+                                   f"({plugin.name}) both deliver their value as {opt.dest!r}; disable one with "
+                                   "LMCONV_DISABLE_PLUGINS")
+        known = self.options.get(opt.flag)
+        if known is not None:
+            if known.signature() != opt.signature():
+                raise PluginClashError(f"option {opt.flag} is declared differently by two plugins: "
+                                       f"{', '.join(known.plugins)} and {plugin.name}; disable one with LMCONV_DISABLE_PLUGINS")
+            self.options[opt.flag] = replace(known, plugins=known.plugins + (plugin.name,))
+        else:
+            self.options[opt.flag] = replace(opt, plugins=(plugin.name,))
+        plugin.provides.append(f"option:{opt.flag}")
+
+    def _register_runtime(self, plugin: PluginInfo, rt: Runtime) -> None:
+        if rt.name == "numpy":
+            raise PluginClashError(f"runtime 'numpy' is lmconv's own reference; plugin {plugin.name} cannot register it")
+        self._claim("runtime", rt.name, plugin.name)
+        self.runtimes[rt.name] = rt
+        plugin.provides.append(f"runtime:{rt.name}")
+
+    def _register_tokenizer_bridge(self, plugin: PluginInfo, bridge: TokenizerBridge) -> None:
+        self._claim("tokenizer bridge", "tokenizer bridge", plugin.name)
+        self.tokenizer_bridge = bridge
+        plugin.provides.append(f"tokenizer-bridge:{bridge.name}")
 
 
 def _disabled() -> set[str]:
@@ -137,14 +238,25 @@ def _entry_points() -> list[tuple[str, Callable[[], ModuleType], str, str, str]]
         version = ep.dist.version if ep.dist is not None else "?"
         found.append((ep.name, ep.load, ep.value, dist, version))
     if not any(dist == "lmconv" for _, _, _, dist, _ in found):
-        for name, mod in _BUILTINS_FALLBACK.items():
+        for name, mod in _source_tree_builtins().items():
             found.append((name, (lambda m=mod: importlib.import_module(m)), mod, "lmconv (source tree)", "dev"))
-    return found
+    # Built-ins first, then third-party plugins: a greedy sniff of someone else's cannot shadow a built-in
+    # format, and the order does not depend on where each distribution sits on sys.path.
+    return sorted(found, key=lambda e: (not e[3].startswith("lmconv") or e[3].startswith("lmconv-"), e[3], e[0]))
 
 
 def build_registry() -> Registry:
     """Load every plugin and call its hooks, isolating failures per plugin."""
     reg = Registry()
+    _BUILDING.append(reg)
+    try:
+        _load_into(reg)
+    finally:
+        _BUILDING.pop()
+    return reg
+
+
+def _load_into(reg: Registry) -> None:
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     disabled = _disabled()
@@ -167,30 +279,34 @@ def build_registry() -> Registry:
         ("register_formats", reg._register_format),
         ("register_quantizers", reg._register_quantizer),
         ("register_architectures", reg._register_architecture),
+        ("register_options", reg._register_option),
+        ("register_runtimes", reg._register_runtime),
+        ("register_tokenizer_bridges", reg._register_tokenizer_bridge),
     )
     for hook_name, add in hooks:
-        for impl in getattr(pm.hook, hook_name).get_hookimpls()[::-1]:  # pluggy lists LIFO
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():  # in registration (= load) order
             info = next((i for i, m in loaded if m is impl.plugin), None)
             if info is None or info.status != "ok":
                 continue
             try:
                 impl.function(register=lambda obj, info=info, add=add: add(info, obj))
-            except UsageError as exc:
-                if "registered by two plugins" in str(exc):
-                    raise
-                info.status, info.error = "broken", f"{hook_name}: {exc}"
+            except PluginClashError:
+                raise
             except Exception as exc:
                 info.status, info.error = "broken", f"{hook_name}: {type(exc).__name__}: {exc}"
-    return reg
 
 
 _REGISTRY: Registry | None = None
+_BUILDING: list[Registry] = []
 
 
 def get_registry() -> Registry:
-    """The process-wide registry, built on first use."""
+    """The process-wide registry, built on first use. Asked for while it is being built (a plugin's
+    hook looking a dtype up), it answers with what is registered so far instead of recursing."""
     global _REGISTRY
     if _REGISTRY is None:
+        if _BUILDING:
+            return _BUILDING[-1]
         _REGISTRY = build_registry()
     return _REGISTRY
 

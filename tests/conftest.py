@@ -173,3 +173,33 @@ def fresh_registry() -> Any:
 def copytree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+# ----------------------------------------------------------------------------- third-party plugins
+def write_dist(root: Path, entry_points: dict[str, str], *, dist: str = "thirdparty",
+               modules: dict[str, str] | None = None) -> Path:
+    """A distribution ``dist`` 1.2.3 installed into ``root`` as pip would leave it: a ``*.dist-info``
+    folder whose ``entry_points.txt`` names ``entry_points`` (plugin name → module) in the ``lmconv``
+    group, and the ``modules`` (name → source) beside it. Put ``root`` on ``sys.path``/``PYTHONPATH``."""
+    root.mkdir(parents=True, exist_ok=True)
+    info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"  # as pip names it: the name is up to the first "-"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    for name, source in (modules or {}).items():
+        (root / f"{name}.py").write_text(source)
+    lines = ["[lmconv]", *(f"{name} = {module}" for name, module in entry_points.items())]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+# ----------------------------------------------------------------------------- no silent skips
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A skipped test proves nothing: every skip fails the run, with its reason (install what the test
+    needs instead). Strict xfails (the conformance kit's known failures) are not skips and stay."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped tests fail lmconv's suite: {reason}"

@@ -17,11 +17,11 @@ import pytest
 
 from lmconv.formats import ReadOptions
 from lmconv.ir import Model, tensor_from_array
-from lmconv.plugins.safetensors_format import SafetensorsFormat
+from lmconv.plugins.formats.safetensors import SafetensorsFormat
 from lmconv.registry import get_registry
 from lmconv.testing import FormatConformance
 
-EXPECTED = {"safetensors", "pytorch", "gguf", "hf"}
+EXPECTED = {"safetensors", "pytorch", "gguf", "hf", "tf", "h5"}
 
 # Known gaps, run as strict xfails: once one is fixed its test XPASSes and fails, so delete the entry then.
 KNOWN_FAILURES: dict[str, dict[str, str]] = {}

@@ -93,7 +93,7 @@ def valid_ids(model_dir: Path) -> list[int]:
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_forward_matches_transformers(tiny_models: dict[str, Path], kind: str, dtype: Any) -> None:
-    from lmconv.forward import forward
+    from lmconv.verify.logits import forward
     from lmconv.pipeline import read_model
 
     ids = valid_ids(tiny_models[kind])
@@ -109,7 +109,7 @@ def test_forward_matches_transformers(tiny_models: dict[str, Path], kind: str, d
     {"attention_bias": True, "mlp_bias": True, "num_key_value_heads": 4},
 ], ids=["tied-theta", "mqa-linear-rope", "biases-mha"])
 def test_llama_variants_match_transformers(tmp_path: Path, overrides: dict[str, Any]) -> None:
-    from lmconv.forward import forward
+    from lmconv.verify.logits import forward
     from lmconv.pipeline import read_model
 
     path = build_tiny("llama", tmp_path / "m", **overrides)
@@ -121,7 +121,7 @@ def test_llama_variants_match_transformers(tmp_path: Path, overrides: dict[str, 
 def test_forward_through_gguf_reader_is_identical(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     """GGUF's f32 weights come back in HF names and layouts (Q/K un-permuted, Conv1D transposed)."""
     from lmconv.cli import main
-    from lmconv.forward import forward
+    from lmconv.verify.logits import forward
     from lmconv.pipeline import read_model
 
     for kind, path in tiny_models.items():
@@ -135,10 +135,10 @@ def test_forward_through_gguf_reader_is_identical(tiny_models: dict[str, Path], 
 
 def test_unsupported_architecture_is_a_usage_error() -> None:
     from lmconv.errors import UsageError
-    from lmconv.forward import forward
+    from lmconv.verify.logits import forward
     from lmconv.ir import Model, tensor_from_array
 
     m = Model(config={"architectures": ["BertModel"]})
     m.add(tensor_from_array("x", np.zeros(4, np.float32)))
-    with pytest.raises(UsageError, match="llama-family and GPT-2"):
+    with pytest.raises(UsageError, match="no installed family has a reference forward pass for BertModel"):
         forward(m, [0, 1])

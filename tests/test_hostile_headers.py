@@ -7,8 +7,10 @@ valid GGUF and safetensors headers, and SIGINT / SIGKILL interrupt a real conver
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -141,27 +143,41 @@ def test_edited_safetensors_header_of_a_real_model(tmp_path: Path, capsys: pytes
     _contract(tmp_path, capsys, src, "out.safetensors")
 
 
-def test_sigint_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
-    """Ctrl-C halfway through a conversion: exit 130, no output, no staging folder."""
-    import signal
+def _paused_conversion(tmp_path: Path, *extra: str) -> tuple[Any, Path, Path]:
+    """A conversion stopped, for sure, in the middle of writing: its source (tests/plugins/lmconv_pause_plugin.py)
+    blocks in the loader of one tensor after others were written, until the test releases it."""
     import subprocess
     import sys
     import time
 
-    from fixtures.make_fixtures import build_llama
+    from tests.conftest import write_dist
 
-    src = build_llama(tmp_path / "big", hidden_size=1024, intermediate_size=4096, num_layers=6, num_heads=8,
-                      num_kv_heads=2, vocab_size=8192, tokenizer=False)
+    site = write_dist(tmp_path / "site", {"pause": "lmconv_pause_plugin"}, dist="lmconv-pause")
+    src = tmp_path / "model.pause"
+    src.write_text(json.dumps({"pause": [[f"w{i}", [256, 256]] for i in range(8)], "at": "w5"}))
     out = tmp_path / "out"
-    out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "lmconv", str(src), str(out / "big.gguf"), "--quant", "q4_k_m"],
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not any(p.name.startswith(".lmconv-tmp-") for p in out.iterdir()):
-        time.sleep(0.02)
-    time.sleep(0.3)
-    assert proc.poll() is None, "the conversion finished before it could be interrupted"
+    out.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT / "tests" / "plugins")])}
+    env.pop("LMCONV_DISABLE_PLUGINS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "lmconv", str(src), str(out / "big.safetensors"), *extra],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    reached = Path(f"{src}.reached")
+    deadline = time.time() + 120
+    while not reached.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert reached.exists(), f"the conversion never reached the pausing tensor: {proc.poll()} {proc.stderr and proc.stderr.read()}"
+    assert proc.poll() is None
+    assert any(p.name.startswith(".lmconv-tmp-") for p in out.iterdir()), "no staging folder while writing"
+    return proc, src, out
+
+
+def test_sigint_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of writing: exit 130, no output, no staging folder."""
+    import signal
+
+    proc, src, out = _paused_conversion(tmp_path)
     proc.send_signal(signal.SIGINT)
+    Path(f"{src}.release").write_text("")  # let the loader's thread finish so the process can exit
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "lmconv: interrupted" in err, err
@@ -169,30 +185,18 @@ def test_sigint_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_sigkill_leaves_old_target_and_next_run_cleans_up(tmp_path: Path) -> None:
-    """SIGKILL halfway: the old DST is intact; the staging folder left behind is removed by the next run."""
+    """SIGKILL in the middle of writing: the old DST is intact; the staging folder left behind is
+    removed by the next run."""
     import signal
-    import subprocess
-    import sys
-    import time
 
-    from fixtures.make_fixtures import build_llama
-
-    src = build_llama(tmp_path / "big", hidden_size=1024, intermediate_size=4096, num_layers=6, num_heads=8,
-                      num_kv_heads=2, vocab_size=8192, tokenizer=False)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "big.gguf").write_bytes(b"the old file")
-    proc = subprocess.Popen([sys.executable, "-m", "lmconv", str(src), str(out / "big.gguf"), "--quant", "q4_k_m",
-                             "--force", "--quiet"])
-    deadline = time.time() + 60
-    while time.time() < deadline and not any(p.name.startswith(".lmconv-tmp-") for p in out.iterdir()):
-        time.sleep(0.02)
-    time.sleep(0.3)
-    assert proc.poll() is None
+    (out / "big.safetensors").write_bytes(b"the old file")
+    proc, src, out = _paused_conversion(tmp_path, "--force", "--quiet")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert (out / "big.gguf").read_bytes() == b"the old file"
-    left = [p.name for p in out.iterdir() if p.name != "big.gguf"]
-    assert all(n.startswith(f".lmconv-tmp-{proc.pid}-") for n in left)
+    assert (out / "big.safetensors").read_bytes() == b"the old file"
+    left = [p.name for p in out.iterdir() if p.name != "big.safetensors"]
+    assert left and all(n.startswith(f".lmconv-tmp-{proc.pid}-") for n in left)
     assert main([str(ROOT / "fixtures" / "tiny-llama"), str(out / "small.gguf"), "--quiet"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["big.gguf", "small.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == ["big.safetensors", "small.gguf"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import inspect
+import json
 import re
 import sys
 from pathlib import Path
@@ -112,12 +113,15 @@ def test_plugin_loading_and_the_kit_are_documented() -> None:
 
 def test_tutorial_blocks_are_marked() -> None:
     kinds = [k for k, _, _ in doc_blocks()]
-    assert kinds.count("tutorial-shell") >= 4 and kinds.count("tutorial-file") >= 5
+    assert kinds.count("tutorial-shell") >= 4 and kinds.count("tutorial-file") >= 6
     assert set(doc_files("tutorial-file")) == {"pyproject.toml", "lmconv_npz.py", "tests/test_npz.py"}
-    assert set(doc_files("example-file")) == {"lmconv_iq4nl.py", "lmconv_qwen3.py"}
+    assert set(doc_files("example-file")) == {"lmconv_iq4nl.py", "lmconv_opt.py"}
 
 
 # --- the quantiser and architecture examples run -------------------------------------------------
+EXAMPLES = ("lmconv_iq4nl", "lmconv_opt")
+
+
 def _load_example(name: str, tmp_path: Path) -> ModuleType:
     path = tmp_path / name
     path.write_text(doc_files("example-file")[name], encoding="utf-8")
@@ -143,16 +147,42 @@ def with_plugin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
 
     yield install
     registry.reset_registry()
-    for name in ("lmconv_iq4nl", "lmconv_qwen3"):
+    for name in EXAMPLES:
         sys.modules.pop(name, None)
 
 
-def test_quantiser_example(with_plugin: Any) -> None:
+def _hostile_rows() -> list[np.ndarray]:
+    """Data that finds the corners of a block quantiser (as tests/test_verify.py uses for the built-ins)."""
+    rng = np.random.default_rng(1)
+    rows = [
+        rng.standard_normal((8, 1024)),
+        rng.laplace(size=(8, 1024)),
+        rng.uniform(0, 1, (8, 1024)),  # all positive: the largest weight is the top of each block
+        -rng.uniform(0, 1, (8, 1024)),  # all negative
+        (rng.standard_normal((8, 32, 32)) * 10 ** rng.uniform(-9, 1, (8, 32, 1))).reshape(8, 1024),  # block scales
+        np.where(rng.random((8, 1024)) < 0.01, 50, 1) * rng.standard_normal((8, 1024)),  # outliers
+        rng.standard_normal((8, 1024)) * 1e-6,  # scales in f16's subnormal range
+        rng.choice([-1.0, 1.0, 0.999, -0.5, 0.0, 0.89, 0.875], (8, 1024)),
+        np.tile(np.concatenate([[-1.0], np.linspace(0.85, 1.0, 31)]), (8, 32)),  # just under the top of the table
+        np.zeros((8, 1024)),
+    ]
+    return [x.astype(np.float32) for x in rows]
+
+
+def test_quantiser_example(with_plugin: Any, tmp_path: Path, tiny_llama: Path) -> None:
+    from lmconv import convert, read_model
+    from lmconv import dtypes as dt
+    from lmconv.verify import SLACK, bound_for, verify_models
+
     module = with_plugin("lmconv_iq4nl.py")
     reg = registry.get_registry()
     info = next(p for p in reg.plugins if p.name == "lmconv_iq4nl")
     assert info.status == "ok" and info.provides == ["quantizer:iq4_nl"], info
+    assert next(p for p in reg.plugins if p.name == "quantizers").status == "ok"  # the read-only entry gave way
     q = reg.quantizer("IQ4_NL")
+    assert q.can_quantize and q.dtype is module.IQ4_NL is dt.get("iq4_nl")
+    assert (q.dtype.block_size, q.dtype.type_size) == (32, 18)
+    assert "iq4_nl" in reg.quant_names()
     x = np.random.default_rng(0).standard_normal((6, 64)).astype(np.float32)
     blocks = q.quantize(x)
     assert blocks.dtype == np.uint8 and blocks.shape == q.dtype.storage_shape(x.shape)
@@ -161,55 +191,130 @@ def test_quantiser_example(with_plugin: Any) -> None:
     assert rel < 0.12, f"IQ4_NL relative RMS error {rel:.3f}"
     assert not module.dequantize(module.quantize(np.zeros((1, 32), np.float32))).any()
 
+    # the stated bound holds on hostile data, and it is the real worst case, not a loose guess
+    bound = bound_for("quant:iq4_nl")
+    assert bound is q.bound is module.BOUND
+    worst = 0.0
+    for x in _hostile_rows():
+        y = q.dequantize(q.quantize(x)).reshape(x.shape).astype(np.float64)
+        a = x.astype(np.float64)
+        tol = bound.tolerance(np.abs(a)) * SLACK
+        assert np.all(np.abs(a - y) <= tol), float(np.max(np.abs(a - y) / tol))
+        worst = max(worst, float(np.max(np.abs(a - y) / tol)))
+    assert worst > 0.9, worst
 
-def _tiny_qwen3() -> Any:
-    from lmconv.ir import Model, tensor_from_array
+    # lmconv verify checks a GGUF quantised by the plugin against that bound
+    gguf_path = tmp_path / "tiny-iq4_nl.gguf"
+    convert(tiny_llama, gguf_path, quant="iq4_nl")
+    report = verify_models(read_model(tiny_llama), read_model(gguf_path))
+    assert report.ok, report.summary()
+    quantised = [t for t in report.tensors if t.dtype_b == "iq4_nl"]
+    assert len(quantised) >= 10  # every matrix of the fixture: rows of 64 are two blocks of 32
+    for t in quantised:
+        assert t.steps == ["quant:iq4_nl"] and t.status == "within", (t.name, t.steps, t.status)
+        assert t.bound == module.BOUND.describe()
+    assert {t.status for t in report.tensors if t.dtype_b != "iq4_nl"} == {"exact"}
 
-    config = {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 64, "hidden_size": 32,
-        "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "head_dim": 16, "max_position_embeddings": 128, "rms_norm_eps": 1e-06, "rope_theta": 1000000,
-        "tie_word_embeddings": True, "hidden_act": "silu",
-    }
-    shapes = {"model.embed_tokens.weight": (64, 32), "model.norm.weight": (32,)}
-    for i in range(2):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (32,), p + "post_attention_layernorm.weight": (32,),
-            p + "self_attn.q_proj.weight": (64, 32), p + "self_attn.k_proj.weight": (32, 32),
-            p + "self_attn.v_proj.weight": (32, 32), p + "self_attn.o_proj.weight": (32, 64),
-            p + "self_attn.q_norm.weight": (16,), p + "self_attn.k_norm.weight": (16,),
-            p + "mlp.gate_proj.weight": (48, 32), p + "mlp.up_proj.weight": (48, 32),
-            p + "mlp.down_proj.weight": (32, 48),
-        })
-    model = Model(config=config)
-    for k, (name, shape) in enumerate(shapes.items()):
-        arr = np.random.default_rng(k).standard_normal(shape).astype(np.float32)
-        tied = ("lm_head.weight",) if name == "model.embed_tokens.weight" else ()
-        model.add(tensor_from_array(name, arr, aliases=tied))
+
+def _tiny_opt(folder: Path) -> Any:
+    """A tiny OPT from transformers, fixed seed, with norms and biases that are not their defaults."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, ffn_dim=48, num_attention_heads=4,
+                       max_position_embeddings=32, word_embed_proj_dim=32)
+    model = OPTForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape) * 0.3 + (1.0 if "layer_norm.weight" in name else 0.0))
+    model.save_pretrained(folder)
     return model
 
 
 def test_architecture_example(with_plugin: Any, tmp_path: Path) -> None:
+    import torch
     from gguf import GGUFReader
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
 
     from lmconv import convert, read_model
-    from lmconv.testing import assert_same, write_model
+    from lmconv.errors import InputError
+    from lmconv.verify import verify_models
+    from lmconv.verify.logits import forward
 
-    with_plugin("lmconv_qwen3.py")
-    model = _tiny_qwen3()
-    src = tmp_path / "src" / "model.safetensors"
-    write_model(model, src, "safetensors")
-    gguf_path = tmp_path / "qwen3.gguf"
+    with_plugin("lmconv_opt.py")
+    reg = registry.get_registry()
+    info = next(p for p in reg.plugins if p.name == "lmconv_opt")
+    assert info.status == "ok" and info.provides == ["architecture:opt"], info
+    src = tmp_path / "opt"
+    hf_model = _tiny_opt(src)
+    weights = load_file(str(src / "model.safetensors"))
+    assert "lm_head.weight" not in weights  # tied: transformers saves the embedding only
+    config = json.loads((src / "config.json").read_text())
+    ids = [3, 17, 5, 42, 9, 60, 0, 31, 2, 1]
+    with torch.no_grad():
+        want = hf_model(torch.tensor([ids])).logits[0].double().numpy()
+
+    # HF → GGUF: llama.cpp-style names, q/k/v fused N → 1, keys under opt.*
+    gguf_path = tmp_path / "opt.gguf"
     convert(src, gguf_path)
     reader = GGUFReader(gguf_path)
-    names = {t.name for t in reader.tensors}
-    assert {"token_embd.weight", "blk.1.attn_q_norm.weight", "blk.0.ffn_down.weight", "output_norm.weight"} <= names
-    assert "output.weight" not in names  # tied: llama.cpp uses token_embd
-    kv = {k: f.contents() for k, f in reader.fields.items() if k.startswith("qwen3.")}
-    assert kv["qwen3.attention.key_length"] == 16 and kv["qwen3.rope.freq_base"] == 1e6
+    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    p = "model.decoder.layers."
+    assert set(tensors) == {"token_embd.weight", "position_embd.weight", "output_norm.weight", "output_norm.bias"} | {
+        f"blk.{i}.{n}.{k}" for i in range(2) for k in ("weight", "bias")
+        for n in ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down")}
+    assert "output.weight" not in tensors  # tied: the embedding serves as the output
+    for i in range(2):
+        qkv = tensors[f"blk.{i}.attn_qkv.weight"]
+        assert qkv.shape == (96, 32)
+        assert qkv.tobytes() == np.concatenate([weights[f"{p}{i}.self_attn.{m}_proj.weight"] for m in "qkv"]).tobytes()
+        assert tensors[f"blk.{i}.attn_qkv.bias"].tobytes() == np.concatenate(
+            [weights[f"{p}{i}.self_attn.{m}_proj.bias"] for m in "qkv"]).tobytes()
+    assert tensors["position_embd.weight"].tobytes() == weights["model.decoder.embed_positions.weight"].tobytes()
+    kv = {k: f.contents() for k, f in reader.fields.items()}
+    assert kv["general.architecture"] == "opt"
+    assert {k: kv[f"opt.{k}"] for k in ("vocab_size", "context_length", "embedding_length", "block_count",
+                                         "feed_forward_length", "attention.head_count")} == {
+        "vocab_size": 64, "context_length": 32, "embedding_length": 32, "block_count": 2, "feed_forward_length": 48,
+        "attention.head_count": 4}
+    # a GGUF from another tool has no lmconv.hf_config: the config comes from the keys and config_base
+    derived = reg.architectures["opt"].layout("gguf").config_from_meta(kv)
+    assert {k: derived[k] for k in ("architectures", "model_type", "hidden_size", "ffn_dim", "num_hidden_layers",
+                                    "num_attention_heads", "max_position_embeddings", "vocab_size")} == {
+        k: config[k] for k in ("architectures", "model_type", "hidden_size", "ffn_dim", "num_hidden_layers",
+                               "num_attention_heads", "max_position_embeddings", "vocab_size")}
+
+    # GGUF → HF: the qkv split 1 → N, every tensor bit-exact, and transformers runs it
     back = tmp_path / "back"
     convert(gguf_path, f"{back}/")
-    again = read_model(back)
-    assert_same(model, again, list(model.tensors), what="HF → GGUF → HF")  # a tied lm_head is implied, as in HF
-    assert again.config == model.config
+    again = load_file(str(back / "model.safetensors"))
+    assert set(again) == set(weights)
+    assert all(again[n].dtype == a.dtype and again[n].tobytes() == a.tobytes() for n, a in weights.items())
+    assert json.loads((back / "config.json").read_text()) == config
+    reloaded = AutoModelForCausalLM.from_pretrained(back).eval()
+    with torch.no_grad():
+        got = reloaded(torch.tensor([ids])).logits[0].double().numpy()
+    assert np.array_equal(got, want)
+
+    # GGUF → HF → GGUF puts the stored tensors back (Derivation)
+    gguf_again = tmp_path / "again.gguf"
+    convert(back, gguf_again)
+    assert {t.name: np.array(t.data).tobytes() for t in GGUFReader(gguf_again).tensors} == {
+        n: a.tobytes() for n, a in tensors.items()}
+
+    # verify --logits runs the plugin's forward pass on both sides; in float64 it is transformers' OPT
+    report = verify_models(read_model(src), read_model(gguf_path), logits=True)
+    assert report.ok, report.summary()
+    assert report.logits is not None and report.logits["rel_max_diff"] < 1e-4
+    ours = forward(read_model(src), ids, dtype=np.float64)
+    assert ours.shape == want.shape
+    assert np.max(np.abs(ours - want)) <= 1e-4 * np.max(np.abs(want))
+
+    # what the plugin does not implement is refused in one line
+    arch = reg.architecture_for(config)
+    with pytest.raises(InputError, match="pre-LayerNorm"):
+        arch.check_config({**config, "do_layer_norm_before": False}, "config.json")
+    with pytest.raises(InputError, match="word_embed_proj_dim"):
+        arch.check_config({**config, "word_embed_proj_dim": 16}, "config.json")

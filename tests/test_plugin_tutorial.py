@@ -121,7 +121,7 @@ def test_plugin_is_listed(tutorial: dict[str, object]) -> None:
     out = _output_of(tutorial, "lmconv plugins")
     line = next((ln for ln in out.splitlines() if ln.startswith("npz ")), "")
     assert line.split()[:3] == ["npz", "ok", "lmconv-npz"], out
-    assert "format:npz" in out
+    assert "format:npz, option:--npz-compress" in out
 
 
 def test_plugin_lives_in_the_tutorial_folder(tutorial: dict[str, object]) -> None:
@@ -133,7 +133,8 @@ def test_plugin_lives_in_the_tutorial_folder(tutorial: dict[str, object]) -> Non
 
 def test_conversions_are_bit_exact(tutorial: dict[str, object]) -> None:
     from lmconv import read_model
-    from lmconv.testing import TIE, assert_same
+    from lmconv.testing import assert_same
+    from lmconv.testing.samples import TIE
 
     cwd = Path(str(tutorial["cwd"]))
     original = read_model(cwd / "model.safetensors")
@@ -150,6 +151,22 @@ def test_conversions_are_bit_exact(tutorial: dict[str, object]) -> None:
     assert "OK:" in _output_of(tutorial, "lmconv verify")
     with np.load(cwd / "model.npz") as npz:  # and plain numpy reads what the plugin wrote
         assert set(npz.files) == set(original.tensors) | {"__lmconv__.json"}
+
+
+def test_the_option_reaches_the_writer(tutorial: dict[str, object]) -> None:
+    import zipfile
+
+    cwd = Path(str(tutorial["cwd"]))
+    for name, method in (("model.npz", zipfile.ZIP_STORED), ("small.npz", zipfile.ZIP_DEFLATED)):
+        with zipfile.ZipFile(cwd / name) as zf:
+            assert {member.compress_type for member in zf.infolist()} == {method}, name
+    assert "OK:" in _output_of(tutorial, "lmconv verify model.safetensors small.npz")
+    venv = Path(str(tutorial["venv"]))
+    proc = subprocess.run([venv / "bin" / "lmconv", "convert", "--help"], cwd=cwd, env=tutorial_env(venv),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    help_text = " ".join(proc.stdout.split())  # the help wraps at the terminal's width
+    assert "--npz-compress npz: deflate the arrays (smaller files, slower to read and write). [plugin: npz]" in help_text
 
 
 def test_the_kit_passes_in_the_tutorial(tutorial: dict[str, object]) -> None:

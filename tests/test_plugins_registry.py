@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, lmconv, raw_tensors, run
+from tests.conftest import assert_one_line_error, lmconv, raw_tensors, run, write_dist
 
 BUILTINS = {"safetensors": "format:safetensors", "pytorch": "format:pytorch", "hf": "format:hf", "gguf": "format:gguf",
-            "quantizers": "quantizer:q8_0", "arch_llama": "architecture:llama", "arch_gpt2": "architecture:gpt2"}
+            "tf": "format:tf", "h5": "format:h5", "quantizers": "quantizer:q8_0", "llama": "architecture:llama",
+            "gpt2": "architecture:gpt2"}
 
 _GOOD_FORMAT = """
 from lmconv.hookspecs import hookimpl
@@ -54,17 +55,8 @@ _counter = itertools.count()
 
 def make_dist(root: Path, *plugins: str, dist: str = "thirdparty") -> Path:
     """A distribution ``dist`` 1.2.3 whose ``lmconv`` entry points are ``plugins`` (modules named uniquely)."""
-    root.mkdir(parents=True, exist_ok=True)
-    info = root / f"{dist}-1.2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
-    lines = ["[lmconv]"]
-    for name in plugins:
-        module = f"lmconv_test_{name}_{next(_counter)}"
-        (root / f"{module}.py").write_text(PLUGINS[name])
-        lines.append(f"{name} = {module}")
-    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
-    return root
+    modules = {name: f"lmconv_test_{name}_{next(_counter)}" for name in plugins}
+    return write_dist(root, modules, dist=dist, modules={m: PLUGINS[name] for name, m in modules.items()})
 
 
 @pytest.fixture
@@ -136,7 +128,7 @@ def test_cli_lists_builtins_with_their_package() -> None:
         assert " ok " in line and "lmconv" in line, f"{name}: {line!r}"
     rows = {r["name"]: r for r in json.loads(lmconv("plugins", "--json").stdout)}
     assert all(rows[n]["distribution"] == "lmconv" and rows[n]["status"] == "ok" for n in BUILTINS)
-    assert Path(rows["safetensors"]["source"]).name == "plugins"
+    assert Path(rows["safetensors"]["source"]).name == "formats"
     formats = lmconv("formats")
     assert formats.returncode == 0 and formats.stderr == ""
     for fmt in ("safetensors", "pytorch", "hf", "gguf"):

@@ -183,7 +183,7 @@ def test_tf2_object_based_checkpoint_reads(tf: Any, tiny_gpt2: Path, tmp_path: P
 
 
 def test_bookkeeping_is_left_out() -> None:
-    from lmconv.plugins.tf_names import is_bookkeeping
+    from lmconv.plugins.formats.tensorflow.names import is_bookkeeping
 
     for key in ("global_step", "save_counter", "optimizer/iter", "model/wte/adam_m", "bert/x/kernel/adam_v",
                 "model/x/kernel/.OPTIMIZER_SLOT/optimizer/m", "_CHECKPOINTABLE_OBJECT_GRAPH", "beta1_power",
@@ -194,7 +194,7 @@ def test_bookkeeping_is_left_out() -> None:
 
 
 def test_name_rules() -> None:
-    from lmconv.plugins.tf_names import (
+    from lmconv.plugins.formats.tensorflow.names import (
         TRANSPOSE,
         hf_tf_name,
         keras_scope,

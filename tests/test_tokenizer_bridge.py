@@ -20,16 +20,15 @@ from typing import Any
 import pytest
 
 from lmconv.errors import InputError, UsageError
-from lmconv.plugins.gguf.pretokenizer import (
+from lmconv.plugins.formats.gguf.pretokenizer import (
     KNOWN_PRE_TOKENIZERS,
     canonical_regex,
     hf_pre_tokenizer,
     identify_pre_tokenizer,
     pre_tokenizer_info,
 )
-from lmconv.plugins.gguf.tokenizer_bridge import ARRAY_ELEMENT_TYPES, gguf_to_hf, hf_to_gguf
+from lmconv.plugins.formats.gguf.tokenizer_bridge import ARRAY_ELEMENT_TYPES, gguf_to_hf, hf_to_gguf
 
-tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -176,7 +175,7 @@ def qwen2_style(_: Path) -> tuple[dict[str, bytes], dict[str, Any]]:
 
 def spm_style(tmp: Path) -> tuple[dict[str, bytes], dict[str, Any]]:
     """A SentencePiece BPE with byte fallback, made HF by transformers' own conversion (LlamaTokenizer)."""
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
     from transformers import LlamaTokenizer
 
     buf = io.BytesIO()
@@ -268,7 +267,6 @@ def write_vocab_gguf(path: Path, kv: dict[str, object]) -> Path:
 
 @pytest.fixture(scope="module")
 def llamas(made: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    pytest.importorskip("llama_cpp")
     from llama_cpp import Llama
 
     tmp = tmp_path_factory.mktemp("gguf")
@@ -498,7 +496,6 @@ def test_llamacpp_tokenizes_like_transformers(made: dict[str, Any], llamas: dict
 
 def test_llamacpp_byte_fallback_bpe_from_tokenizer_json_alone(made: dict[str, Any], tmp_path: Path) -> None:
     """Without tokenizer.model the SentencePiece scores come from the BPE's merge order."""
-    pytest.importorskip("llama_cpp")
     from llama_cpp import Llama
 
     files, config, folder = made["spm"]
@@ -542,8 +539,7 @@ def test_qwen2_nfc_is_a_known_llamacpp_difference(made: dict[str, Any], llamas: 
 
 def test_t5_unigram_with_precompiled_charsmap(tmp_path: Path) -> None:
     """A SentencePiece Unigram (NFKC charsmap, extra whitespace removed) as transformers' T5 converter writes it."""
-    spm = pytest.importorskip("sentencepiece")
-    pytest.importorskip("llama_cpp")
+    import sentencepiece as spm
     from llama_cpp import Llama
     from transformers import T5Tokenizer
 

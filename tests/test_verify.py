@@ -189,7 +189,7 @@ def test_quantised_error_within_documented_bound(tiny_models: dict[str, Path], w
         assert t.rel_err is not None and 0 < t.rel_err <= t.rel_bound
         assert 0.9 < t.cosine <= 1.0
         # the bound applied is the documented one
-        bound = V.BOUNDS[t.steps[0]]
+        bound = V.bound_for(t.steps[0])
         assert f"| {t.dtype_b} |" in DOC and _fmt_coef(bound.blocks[0][1]) in DOC
     lg = report.logits
     assert lg is not None and lg["n_tokens"] > 0 and lg["max_abs_diff"] > 0
@@ -239,7 +239,7 @@ def test_bounds_hold_on_hostile_data(qtype: str) -> None:
         rng.standard_normal((8, 1024)) * 1e-6,  # block scales in f16's subnormal range
         rng.choice([-1.0, 1.0, 0.999, -0.5, 0.0], (8, 1024)),
     ]
-    bound = V.BOUNDS[f"quant:{qtype}"]
+    bound = V.bound_for(f"quant:{qtype}")
     for x in rows:
         x = x.astype(np.float32)
         y = q.dequantize(q.quantize(x)).reshape(x.shape).astype(np.float64)
@@ -259,7 +259,7 @@ def test_cast_bounds_are_tight_and_hold(dtype: str) -> None:
         x = x[np.abs(x) < 60000]
     y = x.astype(d.numpy).astype(np.float64)
     a = x.astype(np.float64)
-    bound = V.BOUNDS[f"cast:{dtype}"]
+    bound = V.bound_for(f"cast:{dtype}")
     ratio = np.abs(a - y) / (bound.tolerance(np.abs(a)[None, :])[0] * V.SLACK)
     assert ratio.max() <= 1.0
     assert ratio.max() > 0.9  # the bound is the real worst case, not a loose guess
@@ -320,8 +320,14 @@ def test_convert_verify_passes(tiny_models: dict[str, Path], work: Path, flags: 
 def test_convert_verify_fails_clearly_with_a_wrong_bound(tiny_models: dict[str, Path], work: Path,  # noqa: F811
                                                          capsys: pytest.CaptureFixture[str],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    right = V.BOUNDS["quant:q8_0"]
-    monkeypatch.setitem(V.BOUNDS, "quant:q8_0", V.Bound("quant:q8_0", blocks=((32, right.blocks[0][1] / 4),)))
+    from dataclasses import replace
+
+    from lmconv.bounds import Bound
+    from lmconv.registry import get_registry
+
+    q8 = get_registry().quantizers["q8_0"]  # the bound is the quantiser's own: give it a wrong one
+    wrong = Bound("quant:q8_0", blocks=((32, q8.bound.blocks[0][1] / 4),))
+    monkeypatch.setitem(get_registry().quantizers, "q8_0", replace(q8, bound=wrong))
     out = work / "wrong-bound.gguf"
     capsys.readouterr()
     assert run(tiny_models["llama"], out, "--verify", "--quant", "q8_0", "--quiet") == 6
@@ -388,7 +394,9 @@ def test_tokenizer_json_fallback_without_bridge(tiny_models: dict[str, Path], wo
     tj = json.loads((bad / "tokenizer.json").read_text(encoding="utf-8"))
     tj["model"]["merges"] = tj["model"]["merges"][:-1]
     (bad / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
-    monkeypatch.setattr(V, "_bridge", lambda: None)
+    from lmconv.registry import get_registry
+
+    monkeypatch.setattr(get_registry(), "tokenizer_bridge", None)
     report = V.verify_models(read_model(src), read_model(bad))
     assert report.tokenizer.compared == "tokenizer.json" and not report.ok
     assert report.tokenizer.differences[0]["field"] == "merges"

@@ -4,6 +4,7 @@ An .npz file is a zip with one .npy file per array. Reading parses only the
 small .npy headers; an array is read from the zip when lmconv asks for it.
 bf16 and fp8, which .npy cannot describe, travel as raw unsigned integers and
 are named in a __lmconv__.json member, with tied names and the model's config.
+The option --npz-compress writes the members deflated instead of stored.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lmconv.errors import InputError
 from lmconv.formats import Format, ReadOptions, WriteOptions
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor
+from lmconv.options import Option
 
 NOTES = "__lmconv__.json"
 # dtypes a .npy header cannot name: stored as raw bits of the same width
@@ -114,7 +116,8 @@ def read_npz(path: Path) -> Model:
 def write_npz(model: Model, path: Path, options: WriteOptions) -> None:
     """One .npy member per tensor, written one at a time (one array in memory at once)."""
     notes: dict[str, Any] = {"config": model.config, "dtypes": {}, "aliases": {}}
-    with zipfile.ZipFile(path, "w") as zf:
+    method = zipfile.ZIP_DEFLATED if options.extra.get("npz_compress") else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", method) as zf:
         for t in model:
             arr = t.load()
             if t.dtype.name in RAW:
@@ -125,4 +128,9 @@ def write_npz(model: Model, path: Path, options: WriteOptions) -> None:
             notes["aliases"].update({alias: t.name for alias in t.aliases})
             t.release()
             options.progress(t.nbytes)
-        zf.writestr(zipfile.ZipInfo(NOTES), json.dumps(notes, indent=1))
+        zf.writestr(zipfile.ZipInfo(NOTES), json.dumps(notes, indent=1), method)
+
+
+@hookimpl
+def register_options(register: Callable[[Option], None]) -> None:
+    register(Option("--npz-compress", bool, "npz: deflate the arrays (smaller files, slower to read and write)."))

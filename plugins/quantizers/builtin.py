@@ -1,21 +1,28 @@
-"""Registers the quantisers: gguf-py's (byte-identical to llama.cpp) and, when present, our K-quants.
+"""Registers the quantisers: gguf-py's (byte-identical to llama.cpp), our K-quants, and the presets.
 
 f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1 use ``gguf.quants``; q2_K…q6_K come from
 :mod:`lmconv.plugins.quantizers.kquants` (gguf-py can only dequantise those), and the
-llama-quantize presets (q4_k_m …) from :mod:`lmconv.plugins.quantizers.presets`.
+llama-quantize presets (q4_k_m …) from :mod:`lmconv.plugins.quantizers.presets`. Every other
+GGML block type gguf-py can dequantise (the i-quants, q8_K …) is registered read-only, so that
+a GGUF holding it can be turned into floats. Each quantiser states its error bound (see
+docs/verification.md for the derivations), and the llama-quantize options live here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+from gguf import quants
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from lmconv import dtypes as dt
-from lmconv.hookspecs import hookimpl
+from lmconv.bounds import U16, Bound, block_bound
 from lmconv.errors import UsageError
+from lmconv.hookspecs import hookimpl
+from lmconv.options import Option
 from lmconv.quantizers import Preset, Quantizer, TensorChoice
 
 from .kquants import KQUANTIZERS
@@ -23,12 +30,47 @@ from .presets import PRESETS, choose_tensor_types
 
 GGUF_PY_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 
+#: the documented element-wise bound of each type's quantise → dequantise (docs/verification.md)
+BOUNDS: dict[str, Bound] = {
+    b.step.removeprefix("quant:"): b for b in (
+        block_bound("q8_0", 32, 1 / 254 + U16, scale_levels=127,
+                    why="d = max|x|/127, q = round(x/d) in [-127,127]: |err| <= d/2 + 127·|d - f16(d)|"),
+        block_bound("q4_0", 32, 1 / 8 + U16, scale_levels=8,
+                    why="d = x_max/-8, q = trunc(x/d + 8.5) clipped to 0..15: |err| <= d (x/d in [7.5, 8] clamps to 7) "
+                        "+ 8·|d - f16(d)|"),
+        block_bound("q4_1", 32, 1 / 15 + 3 * U16, scale_levels=16,
+                    why="d = (max-min)/15 <= 2M/15, round to nearest: |err| <= d/2 + 15·|Δd| + |Δmin|"),
+        block_bound("q5_0", 32, 1 / 16 + U16, scale_levels=16,
+                    why="d = x_max/-16, levels -16..15: |err| <= d (top clamp) + 16·|Δd|"),
+        block_bound("q5_1", 32, 1 / 31 + 3 * U16, scale_levels=32,
+                    why="d = (max-min)/31, round to nearest: |err| <= d/2 + 31·|Δd| + |Δmin|"),
+        block_bound("q2_K", 16, 1.0, super_coef=1 / 4, scale_levels=3 * 15 + 15,
+                    why="levels 0..3 over the 16-block range (<= 2m), scale search down to range/2.5: 1.5 steps = m; "
+                        "4-bit scales/mins: 3·max_scale/30 + max_min/30, zeroed sub-blocks 2m_j + M/30 <= M/4"),
+        block_bound("q3_K", 16, 1 / 2, super_coef=1 / 32, scale_levels=4 * 32,
+                    why="levels -4..3, step m/4: 2 steps = m/2; 6-bit signed scales (step max_scale/32): "
+                        "4 levels · max_scale/64 ≈ M/64, zeroed sub-blocks m_j < M/57"),
+        block_bound("q4_K", 32, 4 / 15, super_coef=1 / 21, scale_levels=15 * 63 + 63,
+                    why="levels 0..15 over the 32-block range (<= 2m): 2 steps = 4m/15; 6-bit scales and mins: "
+                        "15·max_scale/126 + max_min/126 ≈ M/40, zeroed sub-blocks 2m_j + M/126 <= M/22"),
+        block_bound("q5_K", 32, 4 / 31, super_coef=1 / 21, scale_levels=31 * 63 + 63,
+                    why="levels 0..31 over the 32-block range: 2 steps = 4m/31; 6-bit scales and mins as q4_K"),
+        block_bound("q6_K", 16, 1 / 16, super_coef=1 / 128, scale_levels=32 * 128,
+                    why="levels -32..31, step m/32 (search 31.1..32.9): 2 steps = m/16; 8-bit scales: "
+                        "32·max_scale/256 ≈ M/249, zeroed sub-blocks m_j < M/242"),
+    )
+}
+
+
+def _block_dtype(name: str) -> dt.DType:
+    qt = GGMLQuantizationType[name.upper()]
+    block, size = GGML_QUANT_SIZES[qt]
+    return dt.block_type(name, block, size)
+
 
 def _gguf_py(name: str) -> Quantizer:
-    from gguf import quants
-
-    d = dt.get(name)
-    qtype = d.ggml
+    d = dt.get(name) if name in ("f16", "bf16") else _block_dtype(name)
+    qtype = GGMLQuantizationType[name.upper()]
 
     def quantize(rows: np.ndarray) -> np.ndarray:
         out = quants.quantize(np.ascontiguousarray(rows, dtype=np.float32), qtype)
@@ -41,21 +83,37 @@ def _gguf_py(name: str) -> Quantizer:
             return np.asarray(blocks).astype(np.float32)
         return quants.dequantize(blocks, qtype)
 
-    return Quantizer(name=name, dtype=d, quantize=quantize, dequantize=dequantize, description="gguf-py reference quantiser")
+    return Quantizer(name=name, dtype=d, quantize=quantize, dequantize=dequantize,
+                     description="gguf-py reference quantiser", bound=BOUNDS.get(name))
 
 
 def _kquant(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> Quantizer:
-    from gguf import quants
-
-    d = dt.get(name)
+    d = _block_dtype(name)
+    qtype = GGMLQuantizationType[name.upper()]
 
     def quantize(rows: np.ndarray) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         flat = rows.reshape(-1, rows.shape[-1])
         return fn(flat).reshape(d.storage_shape(rows.shape))
 
-    return Quantizer(name=name, dtype=d, quantize=quantize, dequantize=lambda b: quants.dequantize(b, d.ggml),
-                     description="lmconv numpy K-quant, byte-identical to llama.cpp's reference")
+    return Quantizer(name=name, dtype=d, quantize=quantize, dequantize=lambda b: quants.dequantize(b, qtype),
+                     description="lmconv numpy K-quant, byte-identical to llama.cpp's reference", bound=BOUNDS[name])
+
+
+def _read_only() -> list[Quantizer]:
+    """Every other GGML block type gguf-py can dequantise, for reading (no bound is documented for them)."""
+    taken = {n.lower() for n in GGUF_PY_TYPES} | {n.lower() for n in KQUANTIZERS}
+    out = []
+    for qt in GGMLQuantizationType:
+        if qt not in GGML_QUANT_SIZES or qt.name in ("F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"):
+            continue
+        name = qt.name.lower().replace("_k", "_K")
+        if name.lower() in taken:
+            continue
+        out.append(Quantizer(name=name, dtype=_block_dtype(name), quantize=None,
+                             dequantize=lambda b, qt=qt: quants.dequantize(b, qt),
+                             description="read only: gguf-py dequantises it"))
+    return out
 
 
 @hookimpl
@@ -64,9 +122,22 @@ def register_quantizers(register: Any) -> None:
         register(_gguf_py(name))
     for name, fn in KQUANTIZERS.items():
         register(_kquant(name, fn))
+    for q in _read_only():
+        register(q)
     for preset in PRESETS.values():
         register(Preset(name=preset.name, base=preset.base.lower(), choose=partial(_choose, preset.name),
                         description=preset.description))
+
+
+@hookimpl
+def register_options(register: Any) -> None:
+    """llama-quantize's per-tensor options, for --quant."""
+    register(Option("--pure", bool, "With --quant: every quantisable tensor gets exactly the --quant type."))
+    register(Option("--tensor-type", list, "With --quant: REGEX=TYPE per-tensor override (repeatable).",
+                    dest="tensor_type_overrides", metavar="REGEX=TYPE"))
+    register(Option("--output-tensor-type", str, "With --quant: the type of output.weight.", metavar="TYPE"))
+    register(Option("--token-embedding-type", str, "With --quant: the type of token_embd.weight.", metavar="TYPE"))
+    register(Option("--leave-output-tensor", bool, "With --quant: do not quantise output.weight."))
 
 
 def _choose(preset: str, tensors: Sequence[TensorChoice], **context: Any) -> dict[str, str]:

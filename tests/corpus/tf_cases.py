@@ -87,7 +87,7 @@ def _block(entries: list[tuple[bytes, bytes]]) -> bytes:
 
 def write_table(entries: list[tuple[bytes, bytes]]) -> bytes:
     """A TF table (one data block, an empty metaindex block, an index block, the footer)."""
-    from lmconv.plugins.tf_index import TABLE_MAGIC, masked_crc32c
+    from lmconv.plugins.formats.tensorflow.index import TABLE_MAGIC, masked_crc32c
 
     out = bytearray()
 
@@ -106,7 +106,7 @@ def write_table(entries: list[tuple[bytes, bytes]]) -> bytes:
 
 
 def _read_entries(index: Path) -> list[tuple[bytes, bytes]]:
-    from lmconv.plugins.tf_index import read_index_table
+    from lmconv.plugins.formats.tensorflow.index import read_index_table
 
     return read_index_table(index.read_bytes())
 
@@ -232,7 +232,7 @@ def _nan(t: dict[str, Any]) -> None:
 
 def _footer_handles(index: bytes) -> tuple[int, int]:
     """(where the footer's index-block handle starts, counted from the end; the index block's offset)."""
-    from lmconv.plugins.tf_index import _varint as varint
+    from lmconv.plugins.formats.tensorflow.index import _varint as varint
 
     footer = index[-48:-8]
     _, p = varint(footer, 0)

@@ -1,0 +1,1 @@
+"""PyTorch checkpoints: ``format`` is the plugin, ``scan`` checks a pickle before torch touches it."""
