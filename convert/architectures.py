@@ -17,15 +17,16 @@ Formats ask the registry for the architecture of a model and call :meth:`Archite
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError, UsageError
+from .errors import InputError, LmconvError, UsageError
 from .ir import Model, Tensor
-from .rule_engine import apply_forward, apply_inverse
+from .rule_engine import apply_forward, apply_inverse, coverage
 from .rules import Rule
 
 Config = Mapping[str, Any]
@@ -148,6 +149,28 @@ class Layout:
         return config
 
 
+# =========================================================================== recognition
+@dataclass
+class Recognition:
+    """A family seen in a model's tensor names and shapes (when it came without a config).
+
+    ``config`` holds the keys the tensors tell exactly; ``missing`` the ones they cannot (head
+    counts are not in any shape, …): a config.json must give those."""
+
+    family: str
+    config: dict[str, Any]
+    missing: tuple[str, ...]
+    layers: int = 0
+    hidden: int = 0
+    fit: float = 0.0  # the share of the family's tensor kinds the model has
+    priority: int = 0  # the family's recognition_priority
+
+    def describe(self) -> str:
+        sizes = ", ".join(x for x in (f"{self.layers} layers" if self.layers else "",
+                                      f"hidden {self.hidden}" if self.hidden else "") if x)
+        return f"looks like a {self.family}-family model" + (f": {sizes}" if sizes else "")
+
+
 # =========================================================================== the contract
 class Architecture:
     """One model family; see the module docstring. Subclass and set what your family needs."""
@@ -168,6 +191,11 @@ class Architecture:
     #: before any of them sizes a reshape, so a broken config.json is a one-line error naming that file
     required_ints: tuple[str, ...] = ()
     optional_ints: tuple[str, ...] = ()
+    #: when the tensors of a model without a config fit several families (one state-dict layout can be
+    #: shared by many decoder families), the highest priority names it: the most common family sets it
+    recognition_priority: int = 0
+    #: config keys beyond ``required_ints`` that a model's tensors cannot tell and that matter
+    recognition_needs: tuple[str, ...] = ()
     #: the plugin that registered it (set by the registry)
     plugin: str = ""
 
@@ -230,6 +258,38 @@ class Architecture:
             if isinstance(config.get(key), int):
                 return int(config[key])
         raise InputError(f"the config of a {self.name} model gives no layer count")
+
+    # ---- recognition -----------------------------------------------------------------
+    def recognize(self, model: Model) -> Recognition | None:
+        """Whether ``model``'s tensors (HF names, no config) are this family's, and what they tell.
+
+        The default asks the family's layouts: the model is recognised when every tensor is one a
+        layout's rules take (buffers aside) and the embedding is there. :meth:`infer_config` says
+        which config keys the tensors give."""
+        names = [t.name for t in model if not self.is_buffer(t.name)]
+        if not names or (self.hf_embedding and self.hf_embedding not in model.tensors):
+            return None
+        best = 0.0
+        for layout in self.layouts().values():
+            try:
+                left, share = coverage(layout.rules({}), names)
+            except (LmconvError, KeyError, TypeError, ValueError, IndexError):
+                continue
+            if not left:
+                best = max(best, share)
+        if best == 0.0:
+            return None
+        config = self.infer_config(model)
+        missing = tuple(k for k in self.required_ints + self.recognition_needs if k not in config)
+        blocks = {m for t in model for m in re.findall(r"\.(\d+)\.", t.name)[:1]}
+        emb = model.tensors.get(self.hf_embedding)
+        return Recognition(self.name, config, missing, layers=len(blocks),
+                           hidden=int(emb.shape[-1]) if emb is not None and emb.shape else 0, fit=best,
+                           priority=self.recognition_priority)
+
+    def infer_config(self, model: Model) -> dict[str, Any]:
+        """The config keys this family's tensors give exactly (override per family; the default: none)."""
+        return {}
 
     def is_buffer(self, name: str) -> bool:
         return any(name.endswith(s) for s in self.hf_skip)

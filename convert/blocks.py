@@ -1,7 +1,8 @@
 """Numpy building blocks for the families' reference forward passes (``verify --logits``).
 
 Norms, activations, attention (causal, grouped-query, sliding window, logit soft-capping), rotary
-embeddings and their scaling variants, mixture-of-experts routing, and :class:`Weights`, which
+embeddings and their scaling variants, mixture-of-experts routing, state-space scans and gated
+recurrent cells (PyTorch's LSTM and GRU layouts), and :class:`Weights`, which
 loads one HF-named tensor at a time (dequantising block types). Each follows transformers' eager
 implementation, so that in float64 a family's logits agree with transformers' to rounding. No
 family is named here: a family plugin strings these together in its ``forward``.

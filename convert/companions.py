@@ -67,6 +67,22 @@ def attach_companions(model: Model, folder: Path, *, config_path: Path | None = 
     return model
 
 
+def attach_tokenizer(model: Model, path: Path) -> Model:
+    """``--tokenizer PATH``: the tokenizer files of a folder, or one tokenizer file, replace the model's."""
+    if path.is_dir():
+        files = {n: _read_small(path / n) for n in TOKENIZER_FILES if (path / n).is_file()}
+        if not files:
+            raise InputError(f"holds none of the tokenizer files ({', '.join(TOKENIZER_FILES[:3])} …)", path=path)
+    elif path.is_file():
+        if path.name not in TOKENIZER_FILES:
+            raise InputError(f"is not a tokenizer file lmconv knows ({', '.join(TOKENIZER_FILES)})", path=path)
+        files = {path.name: _read_small(path)}
+    else:
+        raise InputError("no such file or directory", path=path)
+    model.tokenizer = Tokenizer(files=files)
+    return model
+
+
 def config_bytes(model: Model) -> bytes | None:
     """config.json as the source had it when unchanged, else freshly serialised."""
     if not model.config:

@@ -37,6 +37,44 @@ class WriteOptions:
     warn: Callable[[str], None] = lambda msg: None
 
 
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One tensor as a writer would store it: its name there, shape, type and bytes."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass
+class Plan:
+    """What writing would produce (``lmconv convert --dry-run``): files, tensors, and notes."""
+
+    format: str
+    outputs: list[str]
+    tensors: list[PlannedTensor]
+    notes: list[str] = field(default_factory=list)
+    companions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format, "outputs": self.outputs, "companions": self.companions, "notes": self.notes,
+            "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "bytes": t.nbytes,
+                         "aliases": list(t.aliases)} for t in self.tensors],
+            "totals": {"tensors": len(self.tensors), "parameters": sum(_numel(t.shape) for t in self.tensors),
+                       "bytes": sum(t.nbytes for t in self.tensors)},
+        }
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 @dataclass
 class ReadOptions:
     """What a reader may need: a config or tokenizer found elsewhere, warnings out."""
@@ -71,6 +109,12 @@ class Format:
         """True when ``path`` is in this format, judged by content (magic bytes) where possible."""
         return False
 
+    def resolve(self, spec: str) -> Path | None:
+        """A local path for a source given by name rather than path (a hub id such as
+        ``org/model@revision``), fetching it if need be; None when ``spec`` is not this format's kind
+        of name. Asked only when ``spec`` is no existing path."""
+        return None
+
     def read(self, path: Path, options: ReadOptions) -> Model:
         """Return a Model whose tensors are lazy; raise an LmconvError subclass for bad input."""
         raise UsageError(f"format {self.name} cannot be read", path=path)
@@ -92,6 +136,12 @@ class Format:
         """Write ``model`` to ``path`` (a fresh path in a staging folder) and return every file
         or folder created there, in order; the pipeline moves them into place atomically."""
         raise UsageError(f"format {self.name} cannot be written", path=path)
+
+    def plan(self, model: Model, path: Path, options: WriteOptions) -> Plan:
+        """What :meth:`write` would write, without writing (``--dry-run``): by default the prepared
+        model's tensors under their own names. A format that renames or retypes them says how."""
+        tensors = [PlannedTensor(t.name, t.shape, t.dtype.name, t.nbytes, t.aliases) for t in model]
+        return Plan(self.name, [str(p) for p in self.output_paths(path, options)], tensors)
 
     def output_paths(self, path: Path, options: WriteOptions) -> list[Path]:
         """Paths a write to ``path`` would create, when known in advance (for --force checks)."""

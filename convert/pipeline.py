@@ -15,9 +15,9 @@ import numpy as np
 
 from . import dtypes as dt
 from .atomic import Staging, describe_os_error
-from .companions import attach_companions, write_companions
+from .companions import attach_companions, attach_tokenizer, companion_files, write_companions
 from .errors import InputError, LmconvError, OutputError, UsageError
-from .formats import Format, ReadOptions, WriteOptions
+from .formats import Format, Plan, ReadOptions, WriteOptions
 from .ir import Model, Tensor
 from .registry import get_registry
 from .streaming import all_finite
@@ -51,6 +51,18 @@ def detect_format(path: Path) -> Format:
     raise InputError(f"unknown file type; lmconv reads {', '.join(known)} and Hugging Face model folders", path=path)
 
 
+def resolve_source(src: str | Path) -> Path:
+    """``src`` as a local path: itself when it exists, else what a format resolves the name to (a hub id)."""
+    path = Path(src)
+    if path.exists() or os.path.lexists(path):
+        return path
+    for fmt in sorted(get_registry().formats.values(), key=lambda f: f.sniff_order):
+        found = fmt.resolve(os.fspath(src))
+        if found is not None:
+            return found
+    return path
+
+
 def choose_output_format(dst: str | Path, to: str | None = None) -> Format:
     """The format to write: ``--to`` wins; a trailing slash or a folder means an HF folder; else the extension."""
     reg = get_registry()
@@ -78,11 +90,15 @@ def read_model(
     src: str | Path,
     *,
     config: str | Path | None = None,
+    tokenizer: str | Path | None = None,
     warn: Callable[[str], None] = lambda m: None,
     extra: dict[str, Any] | None = None,
 ) -> Model:
-    """Read any supported source into the IR (lazy tensors), with its companion files."""
-    path = Path(src)
+    """Read any supported source into the IR (lazy tensors), with its companion files; ``config`` and
+    ``tokenizer`` point at a config.json and at tokenizer files (a folder, or one tokenizer file)
+    to use instead of what lies beside the source. A source that is no path may be a name a format
+    resolves (a Hugging Face hub id, ``org/model@revision``)."""
+    path = resolve_source(src)
     fmt = detect_format(path)
     opts = ReadOptions(config_path=Path(config) if config else None, extra=dict(extra or {}), warn=warn)
     try:
@@ -97,7 +113,27 @@ def read_model(
         attach_companions(model, path.parent if path.is_file() else path, config_path=opts.config_path)
     elif opts.config_path is not None:
         attach_companions(model, path, config_path=opts.config_path)
+    if tokenizer is not None:
+        attach_tokenizer(model, Path(tokenizer))
+    if not model.config:
+        recognize(model, warn)
     return model
+
+
+def recognize(model: Model, warn: Callable[[str], None]) -> None:
+    """A model without a config: the family its tensors show, if any. When they give every key the
+    family needs, that is the config (said in a warning); else the finding is kept for the writers
+    that need a family to say what is missing (``model.metadata["recognized"]``)."""
+    found = get_registry().recognize(model)
+    if not found:
+        return
+    best = found[0]
+    if not best.missing:
+        model.config = dict(best.config)
+        warn(f"{best.describe()}; its config comes from the tensors' shapes (no config.json)")
+        return
+    model.metadata["recognized"] = {"family": best.family, "description": best.describe(),
+                                    "missing": list(best.missing), "config": best.config}
 
 
 def guard_non_finite(model: Model, *, strict: bool, warn: Callable[[str], None]) -> Model:
@@ -163,6 +199,7 @@ class ConversionResult:
     outputs: list[Path]
     model: Model  # the model as written (lazy tensors with their history)
     warnings: list[str] = field(default_factory=list)
+    plan: Plan | None = None  # with dry_run: what would have been written (and nothing was)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -181,13 +218,18 @@ def convert(
     quant: str | None = None,
     force: bool = False,
     config: str | Path | None = None,
+    tokenizer: str | Path | None = None,
     companions: bool = True,
+    dry_run: bool = False,
     extra: dict[str, Any] | None = None,
     progress: Callable[[int], None] = lambda n: None,
     warn: Callable[[str], None] = lambda m: None,
     on_model: Callable[[Model], None] = lambda m: None,
 ) -> ConversionResult:
-    """Convert ``src`` to ``dst``. Raises :class:`LmconvError` subclasses for every user error."""
+    """Convert ``src`` to ``dst``. Raises :class:`LmconvError` subclasses for every user error.
+
+    ``dry_run`` reads and plans everything (names, layouts, types, companions) and writes nothing:
+    the result's ``plan`` says what would have been written."""
     warnings: list[str] = []
 
     def _warn(msg: str) -> None:
@@ -211,14 +253,19 @@ def convert(
 
     if _same_file(src_path, dst_path) or src_path.resolve() == dst_path.resolve():
         raise OutputError("is the source itself; write to another path", path=dst_path)
-    if not force:
-        for p in fmt_out.output_paths(dst_path, wopts):
-            if p.exists():
-                raise OutputError("already exists; pass --force to replace it", path=p)
+    existing = [p for p in fmt_out.output_paths(dst_path, wopts) if p.exists()] if not force else []
+    if existing and not dry_run:
+        raise OutputError("already exists; pass --force to replace it", path=existing[0])
 
-    model = read_model(src_path, config=config, warn=_warn, extra=extra)
+    model = read_model(src_path, config=config, tokenizer=tokenizer, warn=_warn, extra=extra)
     on_model(model)
     prepared = guard_non_finite(fmt_out.prepare(model, wopts), strict=bool(wopts.extra.get("strict")), warn=_warn)
+    if dry_run:
+        plan = fmt_out.plan(prepared, dst_path, wopts)
+        plan.notes += [f"{p} already exists: the conversion would need --force" for p in existing]
+        if companions and not fmt_out.is_directory and not getattr(fmt_out, "self_describing", False):
+            plan.companions = sorted(companion_files(prepared))
+        return ConversionResult(src_path, model.format, fmt_out.name, [], prepared, warnings, plan)
     with Staging(dst_path, force=force) as staging:
         staged_target = staging.path_for(dst_path)
         try:

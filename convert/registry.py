@@ -96,6 +96,12 @@ class Registry:
         mt = config.get("model_type")
         return self._by_model_type.get(mt) if isinstance(mt, str) else None
 
+    def recognize(self, model: Any) -> list[Any]:
+        """The families whose tensors ``model`` (without a config) has, best first: by the families'
+        recognition priority, then by how much of each family's layout the model fills."""
+        found = [r for a in self.architectures.values() if (r := a.recognize(model)) is not None]
+        return sorted(found, key=lambda r: (-r.priority, -r.fit, r.family))
+
     def architecture_in(self, target: str, name: str) -> Any | None:
         """The family that ``target`` (a format name) calls ``name`` (GGUF's general.architecture)."""
         return self._by_target.get((target, name))

@@ -249,3 +249,18 @@ def one_to_one(rules: Sequence[Rule], name: str) -> Rule | None:
             if not (_placeholders(rule.sources) - _placeholders(rule.targets)):
                 return rule
     return None
+
+
+def coverage(rules: Sequence[Rule], names: Sequence[str]) -> tuple[list[str], float]:
+    """How well ``names`` (source tensor names) fit ``rules``: the names no rule takes, and the share
+    of the rules' source patterns that some name fills (a family recognised by the layout that fits best)."""
+    patterns = [(rx, p) for rule in rules for p in rule.sources for rx in [_regex(p)]]
+    used: set[str] = set()
+    left = []
+    for name in names:
+        hit = next((p for rx, p in patterns if rx.fullmatch(name)), None)
+        if hit is None:
+            left.append(name)
+        else:
+            used.add(hit)
+    return left, (len(used) / len(patterns) if patterns else 0.0)

@@ -183,7 +183,8 @@ def test_unknown_architecture_writes_generic_gguf(tmp_path: Path, capsys: pytest
     save_file({"encoder.w": np.arange(64, dtype=np.float32).reshape(8, 8), "encoder.b": np.ones(8, np.float32)},
               str(tmp_path / "odd.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["OddModel"], "model_type": "odd"}))
-    assert main([str(tmp_path / "odd.safetensors"), str(tmp_path / "odd.gguf")]) == 0
+    # without --generic lmconv stops before writing: llama.cpp would not run it (tests/test_first_command.py)
+    assert main([str(tmp_path / "odd.safetensors"), str(tmp_path / "odd.gguf"), "--generic"]) == 0
     assert "llama.cpp will not run" in capsys.readouterr().err
     names = {t.name for t in GGUFReader(tmp_path / "odd.gguf").tensors}
     assert names == {"encoder.w", "encoder.b"}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from lmconv import dtypes as dt
-from lmconv import streaming
+from lmconv import parallel, streaming
 from lmconv.ir import tensor_from_array
 from lmconv.pipeline import convert
 
@@ -37,18 +37,23 @@ def test_chunked_output_is_byte_identical(model_dir: Path, tmp_path: Path, monke
                                           kw: dict[str, str], ext: str) -> None:
     digests = []
     for chunk in (1 << 40, 4096):  # one piece per tensor; then pieces of a few rows
-        monkeypatch.setattr(streaming, "ROW_CHUNK_BYTES", chunk)
+        _chunks(monkeypatch, chunk)
         monkeypatch.setattr(streaming, "PIECE_WINDOW_BYTES", 1 << 16)
-        monkeypatch.setattr(streaming, "compute_workers", lambda: 2)
         out = tmp_path / f"out-{chunk}.{ext}"
-        convert(model_dir, out, companions=False, **kw)
+        convert(model_dir, out, companions=False, extra={"generic": True}, **kw)  # no tokenizer: a generic GGUF
         digests.append(_digest(out))
     assert digests[0] == digests[1]
 
 
+def _chunks(monkeypatch: pytest.MonkeyPatch, nbytes: int) -> None:
+    """Row chunks of ``nbytes`` on two workers, for Tensor.load (lmconv.parallel) and writers (lmconv.streaming)."""
+    for module in (parallel, streaming):
+        monkeypatch.setattr(module, "ROW_CHUNK_BYTES", nbytes)
+        monkeypatch.setattr(module, "compute_workers", lambda: 2)
+
+
 def test_map_rows_matches_whole_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(streaming, "ROW_CHUNK_BYTES", 1024)
-    monkeypatch.setattr(streaming, "compute_workers", lambda: 2)
+    _chunks(monkeypatch, 1024)
     a = np.random.default_rng(0).standard_normal((3, 50, 64)).astype(np.float32)
     t = tensor_from_array("x", a).cast(dt.F16)
     assert t.row_source() is not None
@@ -63,8 +68,7 @@ def test_map_rows_matches_whole_call(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_piece_of_the_wrong_dtype_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from lmconv.errors import InputError
 
-    monkeypatch.setattr(streaming, "ROW_CHUNK_BYTES", 1024)
-    monkeypatch.setattr(streaming, "compute_workers", lambda: 2)
+    _chunks(monkeypatch, 1024)
     a = np.ones((64, 64), np.float32)
     bad = tensor_from_array("x", a).map(lambda r: r.astype(np.float64), dtype=dt.F16, rows=True)
     with pytest.raises(InputError):

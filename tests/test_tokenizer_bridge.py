@@ -5,7 +5,9 @@ GPT-2-style byte-level BPE, Llama-3-style (Split regex + ByteLevel, ignore_merge
 (NFC + Split regex + ByteLevel), a SentencePiece BPE (sentencepiece, converted by transformers'
 LlamaTokenizer) and a Unigram. For each, llama.cpp (llama-cpp-python, vocab only) must give
 exactly transformers' ids on a multilingual text, and the HF files rebuilt from the GGUF
-fields must load in AutoTokenizer and give the same ids again.
+fields must load in AutoTokenizer and give the same ids again. For SentencePiece vocabularies the
+rebuilt files include a tokenizer.model that sentencepiece loads with the GGUF's pieces, scores and
+types, so that HF → GGUF → HF → GGUF gives the same fields.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import io
 import json
+import struct
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -556,7 +559,20 @@ def test_t5_unigram_with_precompiled_charsmap(tmp_path: Path) -> None:
     assert isinstance(kv["tokenizer.ggml.precompiled_charsmap"], bytes) and kv["tokenizer.ggml.remove_extra_whitespaces"]
     assert kv["tokenizer.ggml.add_eos_token"] is True and kv["tokenizer.ggml.add_bos_token"] is False
     hf = auto(tmp_path / "hf")
-    rebuilt = auto(save(tmp_path / "back", gguf_to_hf(kv)))
+    back = gguf_to_hf(kv)
+    rebuilt = auto(save(tmp_path / "back", back))
+    alone = auto(save(tmp_path / "model-only", {k: v for k, v in back.items() if k != "tokenizer.json"}))
+    # the tokenizer.model: the original's pieces and types, the GGUF's scores (its added tokens score
+    # -1000), a Unigram with the original's charsmap and whitespace handling; read back, the same fields
+    ours, proto = sentencepiece_of(back["tokenizer.model"])
+    original, source = sentencepiece_of(buf.getvalue())
+    assert [(p.piece, p.type) for p in proto.pieces] == [(p.piece, p.type) for p in source.pieces]
+    assert f32(p.score for p in proto.pieces) == f32(kv["tokenizer.ggml.scores"])
+    assert proto.trainer_spec.model_type == proto.trainer_spec.UNIGRAM and not proto.trainer_spec.byte_fallback
+    for key in ("precompiled_charsmap", "add_dummy_prefix", "remove_extra_whitespaces", "escape_whitespaces"):
+        assert getattr(proto.normalizer_spec, key) == getattr(source.normalizer_spec, key), key
+    assert (ours.unk_id(), ours.eos_id(), ours.pad_id(), ours.bos_id()) == (2, 1, 0, -1)
+    assert hf_to_gguf(back, {}) == kv
     llm = Llama(model_path=str(write_vocab_gguf(tmp_path / "t5.gguf", kv)), vocab_only=True, verbose=False)
     try:
         for text in (TEXT, UNSEEN, "Hello   world  \ufb01 \u2460 \uff28\uff45\uff4c\uff4c\uff4f  x "):  # NFKC folds these
@@ -564,6 +580,8 @@ def test_t5_unigram_with_precompiled_charsmap(tmp_path: Path) -> None:
             assert llm.tokenize(text.encode(), add_bos=False) == want
             assert llm.tokenize(text.encode(), add_bos=True) == hf(text)["input_ids"]  # EOS appended by both
             assert rebuilt(text)["input_ids"] == hf(text)["input_ids"]
+            assert alone(text)["input_ids"] == hf(text)["input_ids"]
+            assert ours.encode(text) == original.encode(text) == want
     finally:
         llm.close()
 
@@ -575,14 +593,21 @@ def test_gguf_to_hf_round_trip_loads_in_autotokenizer(made: dict[str, Any], name
     original = auto(folder)
     kv = hf_to_gguf(files, config)
     rebuilt_files = gguf_to_hf(kv)
-    assert set(rebuilt_files) == {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    sentencepiece = kv["tokenizer.ggml.model"] in ("llama", "t5")
+    assert set(rebuilt_files) == ({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+                                  | ({"tokenizer.model"} if sentencepiece else set()))
     assert gguf_to_hf(kv) == rebuilt_files  # deterministic bytes
     Tokenizer.from_str(rebuilt_files["tokenizer.json"].decode())
     rebuilt = auto(save(tmp_path / "back", rebuilt_files))
+    # transformers loads the tokenizer.json as it is; the tokenizer.model alone converts to the same
+    alone = auto(save(tmp_path / "model-only", {k: v for k, v in rebuilt_files.items() if k != "tokenizer.json"})) \
+        if sentencepiece else rebuilt
     for text in (TEXT, UNSEEN):
         ids = original(text, add_special_tokens=False)["input_ids"]
         assert rebuilt(text, add_special_tokens=False)["input_ids"] == ids
         assert rebuilt(text)["input_ids"] == original(text)["input_ids"]
+        assert alone(text, add_special_tokens=False)["input_ids"] == ids
+        assert alone(text)["input_ids"] == original(text)["input_ids"]
         if not (name == "unigram" and text is UNSEEN):
             assert rebuilt.decode(ids) == text
     for special in ("bos_token", "eos_token", "unk_token", "pad_token"):
@@ -610,3 +635,175 @@ def test_gguf_to_hf_refuses_what_it_cannot_rebuild() -> None:
         gguf_to_hf({"tokenizer.ggml.model": "gpt2"})
     with pytest.raises(UsageError, match="cannot express"):
         gguf_to_hf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "kimi-k2", "tokenizer.ggml.tokens": ["a"]})
+
+
+# =========================================================================== tokenizer.model
+def sentencepiece_of(raw: bytes) -> tuple[Any, Any]:
+    """(SentencePieceProcessor, ModelProto) of a tokenizer.model."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(raw)
+    return spm.SentencePieceProcessor(model_proto=raw), proto
+
+
+def f32(values: Any) -> bytes:
+    values = list(values)
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+@pytest.mark.parametrize("name", ["spm", "unigram"])
+def test_gguf_to_hf_writes_a_tokenizer_model_sentencepiece_loads(made: dict[str, Any], llamas: dict[str, Any],
+                                                                  name: str) -> None:
+    """Every piece, float32 score and type of the GGUF at its id, read by sentencepiece itself; a BPE
+    for "llama", a Unigram for "t5"; tokenizing as llama.cpp does with the same fields and, for the
+    SentencePiece-trained "spm", as sentencepiece does with the original tokenizer.model."""
+    import sentencepiece as spm
+
+    files, config, _ = made[name]
+    kv = hf_to_gguf(files, config)
+    raw = gguf_to_hf(kv)["tokenizer.model"]
+    tokens, types, scores = kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.token_type"], kv["tokenizer.ggml.scores"]
+    sp, proto = sentencepiece_of(raw)
+    n = sp.get_piece_size()
+    assert n == len(tokens) and [sp.id_to_piece(i) for i in range(n)] == tokens
+    assert f32(sp.get_score(i) for i in range(n)) == f32(scores)
+    assert [(p.piece, p.score, p.type) for p in proto.pieces] == list(zip(tokens, scores, types))
+    for i, typ in enumerate(types):  # sentencepiece's own reading of the types
+        assert (sp.is_unknown(i), sp.is_control(i), sp.is_unused(i), sp.is_byte(i)) == (
+            typ == UNKNOWN, typ == CONTROL, typ == UNUSED, typ == BYTE), i
+    assert proto.SerializeToString() == raw  # protobuf's own serialiser writes these very bytes
+
+    trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
+    assert trainer.model_type == (trainer.BPE if name == "spm" else trainer.UNIGRAM)
+    assert trainer.vocab_size == n and trainer.byte_fallback == (BYTE in types)
+    ids = tuple(kv.get(f"tokenizer.ggml.{key}_token_id", -1) for key in ("unknown", "bos", "eos", "padding"))
+    assert (trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id) == ids
+    assert sp.unk_id() == kv["tokenizer.ggml.unknown_token_id"]
+    assert sp.eos_id() == kv["tokenizer.ggml.eos_token_id"]
+    assert normalizer.add_dummy_prefix == kv["tokenizer.ggml.add_space_prefix"]
+    assert not normalizer.remove_extra_whitespaces and normalizer.escape_whitespaces
+    assert normalizer.name == "identity" and not normalizer.precompiled_charsmap
+
+    original = spm.SentencePieceProcessor(model_proto=files["tokenizer.model"]) if name == "spm" else None
+    for text in (TEXT, UNSEEN):
+        got = sp.encode(text)
+        assert got == llamas[name].tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        if original is not None:
+            assert got == original.encode(text)
+            assert sp.encode(text, out_type=str) == original.encode(text, out_type=str)
+            assert sp.decode(got) == text
+
+
+def test_sentencepiece_hf_gguf_hf_gguf_keeps_every_field(made: dict[str, Any], tmp_path: Path) -> None:
+    """HF → GGUF → HF → GGUF through GGUF files: the second GGUF's tokenizer fields are the first's,
+    the float32 scores byte for byte (the second hop reads them from the tokenizer.model the first
+    wrote: without it they would come back as the BPE's merge ranks), and llama.cpp tokenizes a
+    multilingual text the same way from both, as transformers does from the original files."""
+    from gguf import GGUFReader
+    from llama_cpp import Llama
+
+    def fields(path: Path) -> dict[str, Any]:
+        return {k: f.contents() for k, f in GGUFReader(str(path)).fields.items() if k.startswith("tokenizer.")}
+
+    files, config, folder = made["spm"]
+    first = write_vocab_gguf(tmp_path / "first.gguf", hf_to_gguf(files, config))
+    back = gguf_to_hf(fields(first))
+    assert "tokenizer.model" in back
+    save(tmp_path / "back", back)
+    second = write_vocab_gguf(tmp_path / "second.gguf", hf_to_gguf(back, config))
+    a, b = fields(first), fields(second)
+    assert a == b
+    assert f32(a["tokenizer.ggml.scores"]) == f32(b["tokenizer.ggml.scores"])
+    assert hf_to_gguf(back, config) == hf_to_gguf(files, config)
+    assert hf_to_gguf(back, {}) == hf_to_gguf(files, config)  # the tokenizer.model holds the padding too
+    ranks = hf_to_gguf({k: v for k, v in back.items() if k != "tokenizer.model"}, config)
+    assert ranks["tokenizer.ggml.tokens"] == a["tokenizer.ggml.tokens"]
+    assert ranks["tokenizer.ggml.scores"] != a["tokenizer.ggml.scores"]
+
+    hf = auto(folder)
+    llms = [Llama(model_path=str(p), vocab_only=True, verbose=False) for p in (first, second)]
+    try:
+        for text in (TEXT, UNSEEN):
+            want = hf(text)["input_ids"]
+            for llm in llms:
+                assert llm.tokenize(text.encode("utf-8"), add_bos=True, special=False) == want
+                assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) == want[1:]
+    finally:
+        for llm in llms:
+            llm.close()
+
+
+def test_user_defined_and_control_pieces_both_ways(tmp_path: Path) -> None:
+    """A lone tokenizer.model with user-defined pieces (one holding ▁) and a control piece gives the
+    fields transformers' files of it give (user-defined: added tokens, " " for ▁, -1000); the
+    tokenizer.model written back spells them with ▁ again, so sentencepiece matches them as the
+    original does, and reading it gives the same fields."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=buf, model_type="bpe", vocab_size=1200,
+                                   byte_fallback=True, character_coverage=1.0, split_digits=True,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False, minloglevel=2,
+                                   num_threads=1, user_defined_symbols=["<start_of_turn>", "\u2581llama\u2581llama"],
+                                   control_symbols=["<ctl>"])
+    model = buf.getvalue()
+    kv = hf_to_gguf({"tokenizer.model": model}, {})
+    tokens, types, scores = kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.token_type"], kv["tokenizer.ggml.scores"]
+    at = {t: i for i, t in enumerate(tokens)}
+    assert (types[at["<start_of_turn>"]], scores[at["<start_of_turn>"]]) == (USER_DEFINED, -1000.0)
+    assert (types[at[" llama llama"]], scores[at[" llama llama"]]) == (USER_DEFINED, -1000.0)
+    assert (types[at["<ctl>"]], scores[at["<ctl>"]]) == (CONTROL, 0.0)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "tokenizer.model").write_bytes(model)
+    LlamaTokenizer.from_pretrained(str(tmp_path / "src")).save_pretrained(str(tmp_path / "hf"))
+    hf_files = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir() if p.is_file()}
+    via_transformers = hf_to_gguf({**hf_files, "tokenizer.model": model}, {})
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
+        assert via_transformers[key] == kv[key], key
+
+    back = gguf_to_hf(kv)
+    ours, proto = sentencepiece_of(back["tokenizer.model"])
+    assert proto.pieces[at[" llama llama"]].piece == "\u2581llama\u2581llama"
+    assert hf_to_gguf(back, {}) == kv
+    original = spm.SentencePieceProcessor(model_proto=model)
+    for text in ("Hi <start_of_turn> my llama llama and <ctl> llama llamas " + TEXT, UNSEEN):
+        assert ours.encode(text) == original.encode(text)
+    assert at["<start_of_turn>"] in ours.encode("a <start_of_turn> b")
+    assert at[" llama llama"] in ours.encode("my llama llama")
+
+
+def test_no_tokenizer_model_when_sentencepiece_would_refuse_it() -> None:
+    import sentencepiece as spm
+    from lmconv.plugins.formats.gguf.sentencepiece_model import problem
+
+    byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
+    kv: dict[str, Any] = {
+        "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>", "<s>", "a", "b", "ab", "\u2581"] + byte_pieces,
+        "tokenizer.ggml.token_type": [UNKNOWN, CONTROL, NORMAL, NORMAL, NORMAL, NORMAL] + [BYTE] * 256,
+        "tokenizer.ggml.scores": [0.0, 0.0, -1.0, -2.0, -0.5, -3.0] + [0.0] * 256,
+        "tokenizer.ggml.bos_token_id": 1,
+    }
+    out = gguf_to_hf(kv)
+    sp = spm.SentencePieceProcessor(model_proto=out["tokenizer.model"])
+    assert sp.encode("ab ba", out_type=str) == ["\u2581", "ab", "\u2581", "b", "a"]
+    assert sp.encode("\u00e9", out_type=str) == ["\u2581", "<0xC3>", "<0xA9>"]
+    assert sp.bos_id() == 1 and sp.unk_id() == 0 and sp.eos_id() == -1 and sp.pad_id() == -1
+
+    def without(**change: Any) -> dict[str, bytes]:
+        edited = {**kv, **change}
+        out = gguf_to_hf(edited)
+        assert "tokenizer.json" in out and "tokenizer.model" not in out
+        return out
+
+    types = kv["tokenizer.ggml.token_type"]
+    without(**{"tokenizer.ggml.token_type": [NORMAL] + types[1:]})  # no UNKNOWN piece
+    without(**{"tokenizer.ggml.token_type": types[:2] + [UNKNOWN] + types[3:]})  # two of them
+    without(**{k: kv[k][:-1] for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")})
+    without(**{"tokenizer.ggml.tokens": kv["tokenizer.ggml.tokens"][:5] + [""] + byte_pieces})
+    assert problem([("<unk>", 0.0, UNKNOWN), ("a", 0.0, NORMAL), ("a", 0.0, CONTROL)], byte_fallback=False)
+    assert problem([("<unk>", 0.0, UNKNOWN), ("<0x41>", 0.0, BYTE)], byte_fallback=False)
+    assert problem([("<unk>", 0.0, UNKNOWN), ("<0x41>", 0.0, BYTE)], byte_fallback=True)
+    assert problem([("<unk>", 0.0, UNKNOWN), ("a", 0.0, NORMAL)], byte_fallback=False) is None

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..errors import PluginClashError
+from ..errors import PluginClashError, UsageError
 from .app import _err, _human, _Progress, _state, _warn, app
 
 
@@ -28,8 +28,11 @@ def convert_cmd(
     quant: Annotated[Optional[str], typer.Option("--quant", help="Formats that store blocks (GGUF): q8_0, q4_0, q4_k_m … (see `lmconv plugins`).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
     config: Annotated[Optional[str], typer.Option("--config", help="config.json to use instead of the one beside SRC.")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer files (a folder, or tokenizer.json …) to use instead of those beside SRC.")] = None,
     no_companions: Annotated[bool, typer.Option("--no-companions", help="Do not write config/tokenizer files beside a lone weights file.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Read DST back and verify it against SRC.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be written (tensors, types, sizes, files) and write nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as JSON (schemas/plan.schema.json).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse NaN/Inf weights instead of warning.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
@@ -49,15 +52,22 @@ def convert_cmd(
         nonlocal bar
         bar = _Progress(model.nbytes, f"{os.path.basename(src.rstrip('/')) or src} → {os.path.basename(dst.rstrip('/'))}", not quiet)
 
+    if as_json and not dry_run:
+        raise UsageError("--json goes with --dry-run")
     start = time.perf_counter()
     try:
         result = convert(
-            src, dst, to=to, dtype=dtype, quant=quant, force=force, config=config, companions=not no_companions,
-            extra=extra, progress=lambda n: bar.advance(n) if bar else None, warn=_warn, on_model=on_model,
+            src, dst, to=to, dtype=dtype, quant=quant, force=force, config=config, tokenizer=tokenizer,
+            companions=not no_companions, dry_run=dry_run, extra=extra,
+            progress=lambda n: bar.advance(n) if bar else None, warn=_warn,
+            on_model=on_model if not dry_run else (lambda m: None),
         )
     finally:
         if bar is not None:
             bar.close()
+    if result.plan is not None:
+        _print_plan(result.plan, as_json)
+        return
     elapsed = time.perf_counter() - start
     if not quiet:
         size = sum(_path_size(p) for p in result.outputs)
@@ -67,6 +77,35 @@ def convert_cmd(
         report = verify_conversion(result, quiet=quiet)
         if not report.ok:
             raise VerificationError(f"verification failed: {report.summary()} (the file was kept)", path=result.outputs[0])
+
+
+def _print_plan(plan: Any, as_json: bool) -> None:
+    """The plan of a --dry-run: one row per tensor as it would be stored, then totals and files."""
+    import json
+    import sys
+
+    doc = plan.to_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        return
+    rows = [("name", "shape", "type", "bytes")]
+    for t in doc["tensors"]:
+        alias = f" (= {', '.join(t['aliases'])})" if t["aliases"] else ""
+        rows.append((t["name"] + alias, "×".join(map(str, t["shape"])) or "scalar", t["dtype"], f"{t['bytes']:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    out = []
+    for i, r in enumerate(rows):
+        out.append(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}".rstrip())
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    tot = doc["totals"]
+    out.append(f"{tot['tensors']} tensors, {tot['parameters']:,} parameters, {_human(tot['bytes'])} of tensor data")
+    out.append(f"{doc['format']}: " + ", ".join(doc["outputs"]))
+    if doc["companions"]:
+        out.append("beside it: " + ", ".join(doc["companions"]))
+    out += [f"note: {n}" for n in doc["notes"]]
+    out.append("dry run: nothing was written")
+    sys.stdout.write("\n".join(out) + "\n")
 
 
 def _path_size(path: Any) -> int:

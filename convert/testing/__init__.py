@@ -43,6 +43,7 @@ from .conformance import FormatConformance
 from .samples import (
     DAMAGES,
     SAMPLE_CONFIG,
+    SAMPLE_OPTIONS,
     assert_same,
     compare_models,
     damage_file,
@@ -54,6 +55,6 @@ from .samples import (
 )
 
 __all__ = [
-    "DAMAGES", "FormatConformance", "SAMPLE_CONFIG", "assert_same", "compare_models", "damage_file", "declared_dtypes",
+    "DAMAGES", "FormatConformance", "SAMPLE_CONFIG", "SAMPLE_OPTIONS", "assert_same", "compare_models", "damage_file", "declared_dtypes",
     "sample_array", "sample_model", "target_path", "write_model",
 ]

@@ -24,6 +24,7 @@ from .samples import (
     _TRUNCATIONS,
     DAMAGES,
     SAMPLE_CONFIG,
+    SAMPLE_OPTIONS,
     TIE,
     _by_name,
     _fixed,
@@ -236,7 +237,7 @@ class FormatConformance:
         mid = target_path(other, tmp_path / "mid")
         mid.parent.mkdir()
         with _skip_missing():
-            convert(path, mid, to=other.name)
+            convert(path, mid, to=other.name, extra=SAMPLE_OPTIONS)
         if not fmt.can_write:
             names = [n for n, t in _by_name(model).items() if t.dtype.name in declared_dtypes(other)]
             assert_same(model, read_model(mid), names, what=f"{fmt.name} → {other.name}")
@@ -244,7 +245,7 @@ class FormatConformance:
         back = target_path(fmt, tmp_path / "back")
         back.parent.mkdir()
         with _skip_missing():
-            convert(mid, back, to=fmt.name)
+            convert(mid, back, to=fmt.name, extra=SAMPLE_OPTIONS)
             mine = _alone(fmt, tmp_path / "alone-self")
             got = read_model(back)
         names = sorted(mine.exact & via.exact)

@@ -4,6 +4,7 @@ format, comparing two models bit for bit, and damaging a file the ways a downloa
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ from ..dtypes import DType
 from ..formats import Format, WriteOptions
 from ..ir import Model, Tensor
 from ..registry import get_registry
+
+#: what writing a sample always asks for: the samples are no runnable model (no family, no tokenizer),
+#: and a format that stops before writing what its runtime cannot run (GGUF) writes them anyway
+SAMPLE_OPTIONS: dict[str, Any] = {"generic": True}
 
 #: the config every sample model carries (no ``architectures``: the generic, name-keeping path)
 SAMPLE_CONFIG: dict[str, Any] = {
@@ -111,6 +116,7 @@ def write_model(model: Model, path: str | Path, format_name: str, options: Write
     path = Path(path)
     fmt = get_registry().format(format_name)
     opts = options or WriteOptions()
+    opts = replace(opts, extra={**SAMPLE_OPTIONS, **opts.extra})
     path.parent.mkdir(parents=True, exist_ok=True)
     prepared = fmt.prepare(model, opts)
     produced = list(fmt.write(prepared, path, opts))

@@ -82,6 +82,18 @@ class GPT2Architecture(Architecture):
         if config["n_embd"] % config["n_head"]:
             raise InputError(f"n_embd {config['n_embd']} is not a multiple of n_head {config['n_head']}", path=origin)
 
+    def infer_config(self, model: Model) -> dict[str, Any]:
+        """Everything but the head count is in the shapes (Conv1D c_fc is [n_embd, n_inner])."""
+        t = model.tensors
+        wte, wpe, fc = t.get("transformer.wte.weight"), t.get("transformer.wpe.weight"), t.get("transformer.h.0.mlp.c_fc.weight")
+        if wte is None or wpe is None or fc is None:
+            return {}
+        layers = {n.split(".")[2] for n in t if n.startswith("transformer.h.")}
+        n_embd = wte.shape[1]
+        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": wte.shape[0], "n_embd": n_embd,
+                "n_positions": wpe.shape[0], "n_ctx": wpe.shape[0], "n_layer": len(layers),
+                "n_inner": None if fc.shape[1] == 4 * n_embd else fc.shape[1]}
+
     # ---- GGUF --------------------------------------------------------------------------
     def gguf_rules(self, config: Config) -> Sequence[Rule]:
         arch = MODEL_ARCH.GPT2

@@ -203,6 +203,8 @@ class LlamaArchitecture(Architecture):
     experts: Experts | None = None
     required_ints = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size")
     optional_ints = ("num_key_value_heads", "head_dim", "max_position_embeddings")
+    recognition_priority = 10  # the most common layout of its kind: a llama-shaped state dict is called llama
+    recognition_needs = ("num_key_value_heads",)  # K's rows are heads × head size: neither is in a shape
 
     # ---- config ------------------------------------------------------------------------
     def heads(self, config: Config) -> tuple[int, int]:
@@ -244,6 +246,18 @@ class LlamaArchitecture(Architecture):
             if hf_name.removesuffix("." + kind).endswith(suffix):
                 return weight if kind == "weight" else bias
         return None
+
+    def infer_config(self, model: Model) -> dict[str, Any]:
+        """Sizes are in the shapes; head counts (and so the head size) are not."""
+        t = model.tensors
+        emb, gate = t.get("model.embed_tokens.weight"), t.get("model.layers.0.mlp.gate_proj.weight")
+        if self.experts is not None or emb is None or gate is None or len(emb.shape) != 2:
+            return {}
+        layers = {n.split(".")[2] for n in t if n.startswith("model.layers.")}
+        return {"architectures": [self.hf_architectures[0]], "model_type": self.model_types[0],
+                "vocab_size": emb.shape[0], "hidden_size": emb.shape[1], "intermediate_size": gate.shape[0],
+                "num_hidden_layers": len(layers), "tie_word_embeddings": "lm_head.weight" not in t,
+                **self.bias_flags(set(t))}
 
     # ---- GGUF --------------------------------------------------------------------------
     def hf_layout(self, config: Config) -> Sequence[str]:

@@ -10,11 +10,13 @@ plugin asks the registry for them, so disabling one of those plugins disables th
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 from lmconv.companions import CONFIG_FILE, attach_companions, companion_files
-from lmconv.errors import InputError, UsageError
+from lmconv.errors import InputError, MissingDependencyError, UsageError
 from lmconv.formats import Format, ReadOptions, WriteOptions
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model
@@ -23,6 +25,8 @@ from lmconv.registry import get_registry
 from lmconv.sharding import DEFAULT_MAX_SHARD, MAX_SHARD_SIZE
 from lmconv.units import parse_size
 
+#: ``org/name`` or ``org/name@revision``: a Hugging Face hub id
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")
 WEIGHT_CANDIDATES = (
     "model.safetensors.index.json", "model.safetensors",
     "pytorch_model.bin.index.json", "pytorch_model.bin",
@@ -56,6 +60,29 @@ class HFDirectoryFormat(Format):
         model = fmt.read(weights, dataclasses.replace(options, config_path=None))
         model.source, model.format = str(path), "hf"
         return attach_companions(model, path, config_path=options.config_path)
+
+    def resolve(self, spec: str) -> Path | None:
+        """A hub id through huggingface_hub: its cache (``HF_HOME``/``HF_HUB_CACHE``, revisions,
+        ``HF_HUB_OFFLINE``), downloading as huggingface_hub does when it may."""
+        m = HUB_ID.match(spec)
+        if m is None:
+            return None
+        try:
+            from huggingface_hub import snapshot_download  # optional: lmconv[hub]
+        except ImportError:
+            raise MissingDependencyError("a model given by its hub id needs huggingface_hub: pip install 'lmconv[hub]'",
+                                         path=spec) from None
+        from huggingface_hub import constants
+
+        try:
+            return Path(snapshot_download(m["repo"], revision=m["rev"]))
+        except (OSError, ValueError) as exc:  # huggingface_hub's not-found, offline and HTTP errors are OSErrors
+            cache = constants.HF_HUB_CACHE
+            if constants.HF_HUB_OFFLINE:
+                raise InputError(f"is not in the Hugging Face cache at {cache} (HF_HUB_OFFLINE is set)", path=spec) from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise InputError(f"is neither in the Hugging Face cache at {cache} nor to be had from the hub ({first})",
+                             path=spec) from None
 
     def output_paths(self, path: Path, options: WriteOptions) -> list[Path]:
         return [path]

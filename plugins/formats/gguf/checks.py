@@ -85,6 +85,8 @@ def check_tokenizer(kv: dict[str, Any], types: dict[str, tuple[int, int | None]]
 
 
 # metadata an architecture's config is derived from: whole numbers of at least 1, and finite numbers
+# a state-space model has no attention and no feed-forward: llama.cpp's converter writes 0 for these
+_MAY_BE_ZERO = ("feed_forward_length", "attention.head_count", "attention.head_count_kv")
 _COUNT_KEYS = ("block_count", "embedding_length", "feed_forward_length", "context_length", "attention.head_count",
                "attention.head_count_kv", "vocab_size", "attention.key_length", "attention.value_length",
                "rope.dimension_count")
@@ -96,8 +98,9 @@ _FLOAT_KEYS = ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon
 def check_architecture(arch: str, kv: dict[str, Any], types: dict[str, tuple[int, int | None]], raw: list[Tensor],
                         path: Path) -> None:
     """The metadata a known architecture's config comes from, against its types and the tensors."""
+    recurrent = any(k.startswith(f"{arch}.ssm.") for k in kv)  # a state-space model has no attention, no FFN
     for suffix in _COUNT_KEYS:
-        value = int_of(kv, types, f"{arch}.{suffix}", path, low=1)
+        value = int_of(kv, types, f"{arch}.{suffix}", path, low=0 if recurrent and suffix in _MAY_BE_ZERO else 1)
         if value is not None and value >= 2**32:
             raise InputError(f"{arch}.{suffix} is {value}, beyond any real model", path=path)
     for suffix in _FLOAT_KEYS:

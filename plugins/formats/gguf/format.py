@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,11 @@ from gguf.gguf_writer import WriterState
 
 from lmconv import dtypes as dt
 from lmconv.errors import InputError, UsageError
-from lmconv.formats import Format, ReadOptions, WriteOptions
+from lmconv.formats import Format, Plan, PlannedTensor, ReadOptions, WriteOptions
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor, Tokenizer
 from lmconv.memmap import drop_pages
-from lmconv.options import Option
+from lmconv.options import GENERIC, Option
 from lmconv.registry import get_registry
 from lmconv.runtimes import Runtime
 from lmconv.streaming import iter_pieces, write_array
@@ -140,7 +141,20 @@ def tokenizer_kv(model: Model, pre: str | None, warn: Any) -> dict[str, Any]:
     return {}
 
 
-def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
+@dataclass
+class Planned:
+    """What a GGUF of ``model`` will hold: the architecture's name, the tensors as written (names,
+    layouts and types final; data still lazy), the architecture's keys, and ties kept as names."""
+
+    arch_name: str
+    tensors: list[Tensor]
+    arch_kv: dict[str, Any]
+    aliases: dict[str, str]
+    types: dict[str, dt.DType]
+
+
+def plan_gguf(model: Model, options: WriteOptions) -> Planned:
+    """Names, layouts (through the model's family) and a type per tensor (the quantisation policy)."""
     reg = get_registry()
     warn = options.warn
     arch = reg.architecture_for(model.config)
@@ -166,10 +180,12 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
         "n_head": int(arch_kv.get(gguf.Keys.Attention.HEAD_COUNT.format(arch=arch_name)) or 0),
         "n_head_kv": int(arch_kv.get(gguf.Keys.Attention.HEAD_COUNT_KV.format(arch=arch_name))
                          or arch_kv.get(gguf.Keys.Attention.HEAD_COUNT.format(arch=arch_name)) or 0),
+        "n_expert": int(arch_kv.get(gguf.Keys.LLM.EXPERT_COUNT.format(arch=arch_name)) or 0),
         **{k: options.extra[k] for k in ("pure", "output_tensor_type", "token_embedding_type", "leave_output_tensor",
                                          "tensor_type_overrides") if options.extra.get(k) not in (None, False, [])},
     }
-    plan = gtypes.plan_types(tensors, quant=quant, cast=options.dtype, context=context, warn=warn)
+    plan = gtypes.plan_types(tensors, quant=quant, cast=options.dtype, context=context, warn=warn,
+                             for_runtime=layout is not None)
     out: list[Tensor] = []
     for t in tensors:
         target = plan.get(t.name, t.dtype)
@@ -180,16 +196,30 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
         if ggml_type(t.dtype) is None:
             raise UsageError(f"tensor {t.name!r} is {t.dtype.name}, which GGUF cannot store")
         out.append(t)
+    return Planned(arch_name, out, arch_kv, aliases, plan)
 
+
+def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
+    planned = plan_gguf(model, options)
+    arch_name, out, arch_kv, aliases, plan = planned.arch_name, planned.tensors, planned.arch_kv, planned.aliases, planned.types
+    warn = options.warn
+    cfg = model.config
+    src_kv = model.metadata.get("gguf") or {}
     split = options.extra.get("split_max_size") or 0
     split = parse_size(split, option="--split-max-size") if split else 0
     writer = gguf.GGUFWriter(path, arch_name, split_max_size=split)
     typed = model.metadata.get("gguf.types") or {}
-    name = cfg.get("_name_or_path") or src_kv.get("general.name") or Path(model.source.rstrip("/")).name.split(".")[0]
-    writer.add_name(str(name) or "model")
-    for key in CARRIED_GENERAL[1:]:
-        if key in src_kv:
-            _add_kv(writer, key, src_kv[key], typed)
+    for t in out:  # first: the parameter count (for general.size_label) comes from the tensor list
+        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=ggml_type(t.dtype))
+    if src_kv:  # a GGUF source: its description of the model carries over
+        name = src_kv.get("general.name") or Path(model.source.rstrip("/")).name.split(".")[0]
+        writer.add_name(str(name) or "model")
+        for key in CARRIED_GENERAL[1:]:
+            if key in src_kv:
+                _add_kv(writer, key, src_kv[key], typed)
+    else:
+        describe_model(writer, model, options.extra.get("metadata"))
+    writer.add_type(gguf.GGUFType.MODEL)
     writer.add_file_type(gtypes.file_type(plan, options.quant))
     if any(d.is_quantized for d in plan.values()):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -207,9 +237,9 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
         tok_kv.update(family_tok)
     for key, value in tok_kv.items():
         _add_kv(writer, key, value, typed)
+    if options.extra.get("metadata"):
+        override_keys(writer, Path(options.extra["metadata"]))
 
-    for t in out:
-        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=ggml_type(t.dtype))
     if split and len(writer.tensors) == 1:
         warn(f"the whole model fits in one {options.extra['split_max_size']} split; writing one file")
     produced = writer.format_shard_names(path)
@@ -221,6 +251,45 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
     finally:
         writer.close()
     return produced
+
+
+def describe_model(writer: Any, model: Model, override: Any) -> None:
+    """``general.*`` as llama.cpp's converter writes them: name, size label, licence, base models, tags …
+    from the config, generation config and model card (README.md front matter) beside the source, by
+    gguf-py's own ``Metadata``; ``--metadata FILE`` (a JSON of ``general.*`` keys) overrides any."""
+    src = Path(model.source.rstrip("/")) if model.source else None
+    folder = src if src is not None and src.is_dir() else (src.parent if src is not None else None)
+    total, shared, expert, count = writer.get_total_parameter_count()
+    try:
+        meta = gguf.Metadata.load(Path(override) if override else None, folder, None, total)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # a broken card or override file
+        raise InputError(f"cannot read the model card or --metadata: {' '.join(str(exc).split())[:160]}",
+                         path=override or folder) from None
+    if meta.name is None:
+        meta.name = folder.name if folder is not None else "model"
+    if meta.size_label is None and total > 0:
+        meta.size_label = gguf.size_label(total, shared, expert, count)
+    meta.set_gguf_meta_model(writer)
+
+
+def override_keys(writer: Any, path: Path) -> None:
+    """``--metadata FILE``: every key of the JSON object replaces (or adds) that key, whatever it is;
+    a replaced key keeps the GGUF type it had."""
+    try:
+        override = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"is not a readable JSON file ({' '.join(str(exc).split())[:120]})", path=path) from None
+    if not isinstance(override, dict):
+        raise InputError("must be a JSON object of GGUF keys", path=path)
+    kv = writer.kv_data[0]
+    for key, value in override.items():
+        if key in ("general.base_models", "general.datasets"):
+            continue  # gguf-py's Metadata turned these lists into general.base_model.N.* keys already
+        known = kv.get(key)
+        vtype, sub = (known.type, known.sub_type) if known is not None else _kv_type(key, value)
+        if vtype == T.ARRAY and sub is None:
+            vtype, sub = _kv_type(key, value)
+        kv[key] = gguf.GGUFValue(value=list(value) if vtype == T.ARRAY else value, type=vtype, sub_type=sub)
 
 
 def _write_tensor_data(writer: Any, tensors: list[Tensor], options: WriteOptions) -> None:
@@ -339,6 +408,11 @@ def _tensor_of(rt: Any, path: Path, mm: Any) -> Tensor:
     return Tensor(str(rt.name), shape, d, load, origin=str(path), release=release)
 
 
+def _naming(exc: InputError, path: Path) -> InputError:
+    """A family's error about this file's metadata or tensors, naming the file when it does not yet."""
+    return exc if exc.path is not None else InputError(str(exc), path=path)
+
+
 def read_gguf(path: Path, options: ReadOptions) -> Model:
     first = _open_reader(path)
     kv, types = _field_values(first, path)
@@ -380,6 +454,8 @@ def read_gguf(path: Path, options: ReadOptions) -> Model:
         check_architecture(arch_name, kv, types, raw, path)
         try:
             derived = arch.layout("gguf").config_from_meta(kv, str(path))
+        except InputError as exc:
+            raise _naming(exc, path) from None
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"metadata lacks or garbles {exc} needed for a {arch_name} model", path=path) from None
         tokens = tok_fields.get("tokenizer.ggml.tokens")
@@ -389,10 +465,16 @@ def read_gguf(path: Path, options: ReadOptions) -> Model:
             if field in tok_fields:
                 derived[key] = int(tok_fields[field])
         derived["torch_dtype"] = "float32"
-        if reg.architecture_for(config) is not arch:  # a stored config of another family (or none): the keys rule
-            config = derived
+        stored_family = reg.architecture_for(config)
+        layout = stored_family.layout("gguf") if stored_family is not None else None
+        if layout is not None and layout.arch == arch_name:
+            arch = stored_family  # the config lmconv stored names the family (several can share an arch name)
+        else:
+            config = derived  # no stored config, or one of another family: the keys rule
         try:
             tensors, config = arch.from_target(raw, config, "gguf", str(path))
+        except InputError as exc:
+            raise _naming(exc, path) from None
         except KeyError as exc:
             raise InputError(f"metadata lacks {exc} needed for a {arch_name} model", path=path) from None
     else:
@@ -424,6 +506,28 @@ def read_gguf(path: Path, options: ReadOptions) -> Model:
     return model
 
 
+def dead_end(model: Model) -> str | None:
+    """Why llama.cpp could not run the GGUF of ``model``, and how to give what is missing; None if it could."""
+    reg = get_registry()
+    arch = reg.architecture_for(model.config)
+    generic = "or --generic to write a GGUF llama.cpp cannot run"
+    if arch is None or arch.layout("gguf") is None:
+        seen = model.metadata.get("recognized")
+        if not model.config and isinstance(seen, dict):
+            return (f"{seen['description']}; a config.json is needed for {', '.join(seen['missing'])}: "
+                    f"give one with --config PATH ({generic})")
+        if not model.config:
+            return (f"has no config.json and its tensors are not those of a family lmconv knows: give a config with "
+                    f"--config PATH ({generic})")
+        what = model.architecture or model.config.get("model_type") or "unnamed"
+        return (f"architecture {what!r} is not one lmconv knows (known: {', '.join(reg.target_names('gguf'))}); "
+                f"pass --generic to write a GGUF llama.cpp cannot run")
+    if not model.tokenizer:
+        return (f"has no tokenizer, which llama.cpp needs to run it: give its files with --tokenizer PATH "
+                f"(a folder with tokenizer.json …) ({generic})")
+    return None
+
+
 # ----------------------------------------------------------------------------------- the format
 class GGUFFormat(Format):
     name = "gguf"
@@ -443,10 +547,24 @@ class GGUFFormat(Format):
         return read_gguf(path, options)
 
     def prepare(self, model: Model, options: WriteOptions) -> Model:
-        return model  # the writer picks a type per tensor itself (see types.py)
+        """Stop before writing a GGUF llama.cpp cannot run, saying what is missing (``--generic`` writes
+        it anyway). The writer picks a type per tensor itself (see types.py)."""
+        if not options.extra.get("generic"):
+            problem = dead_end(model)
+            if problem:
+                raise UsageError(problem, path=model.source or None)
+        return model
 
     def write(self, model: Model, path: Path, options: WriteOptions) -> list[Path]:
         return write_gguf(model, path, options)
+
+    def plan(self, model: Model, path: Path, options: WriteOptions) -> Plan:
+        planned = plan_gguf(model, options)
+        tensors = [PlannedTensor(t.name, t.shape, t.dtype.name, t.nbytes) for t in planned.tensors]
+        notes = [f"general.architecture = {planned.arch_name}"]
+        if planned.aliases:
+            notes.append("ties kept as names: " + ", ".join(f"{a} = {n}" for a, n in planned.aliases.items()))
+        return Plan(self.name, [str(path)], tensors, notes)
 
 
 @hookimpl
@@ -457,10 +575,13 @@ def register_formats(register: Any) -> None:
 
 @hookimpl
 def register_options(register: Any) -> None:
+    register(GENERIC)
     register(Option("--split-max-size", str, "GGUF: split the output into files of at most this size (e.g. 2G, 500M).",
                     metavar="SIZE", parse=lambda v: parse_size(v, option="--split-max-size")))
     register(Option("--pre-tokenizer", str, "GGUF: llama.cpp's pre-tokenizer name, when lmconv cannot identify it.",
                     metavar="NAME"))
+    register(Option("--metadata", str, "GGUF: a JSON file of general.* keys (as llama.cpp's --metadata) that override "
+                    "what the model card and config say.", metavar="FILE"))
 
 
 @hookimpl

@@ -15,8 +15,10 @@ the key/values llama.cpp reads, following the conventions of llama.cpp's convert
   the ``precompiled_charsmap`` of a ``Precompiled`` normalizer. (``"llama"`` would run
   llama.cpp's merge-by-score algorithm over a Unigram vocabulary and give other ids.)
 * token types: 1 normal, 2 unknown, 3 control (special added tokens, or ones that look
-  special such as ``<|...|>``), 4 user-defined (other added tokens), 5 unused (``[PAD{id}]``
-  fillers up to config ``vocab_size``), 6 byte (``<0xXX>``);
+  special such as ``<|...|>``), 4 user-defined (other added tokens; a tokenizer.model's
+  user-defined pieces are added tokens too, as transformers makes them: text with ``" "`` for
+  ``▁``, score -1000), 5 unused (``[PAD{id}]`` fillers up to config ``vocab_size``), 6 byte
+  (``<0xXX>``);
 * BOS/EOS/UNK/SEP/PAD ids and ``add_bos_token``/``add_eos_token`` as gguf-py's SpecialVocab
   derives them (post-processor first, then tokenizer_config, then config.json ids); the
   add flags are always written, so llama.cpp adds exactly what transformers adds.
@@ -29,7 +31,10 @@ Value types (the GGUF writer maps them; see :data:`ARRAY_ELEMENT_TYPES`): string
 
 :func:`gguf_to_hf` goes back: from those fields (ours or llama.cpp's) it builds a
 ``tokenizer.json`` that tokenizes as llama.cpp does, plus ``tokenizer_config.json`` and
-``special_tokens_map.json``. Output bytes are deterministic.
+``special_tokens_map.json``, and for SentencePiece vocabularies (``"llama"``, ``"t5"``) a
+``tokenizer.model`` holding every piece, score and type as the GGUF has them
+(:mod:`.sentencepiece_model`), so that HF → GGUF → HF → GGUF keeps the scores exactly. Output
+bytes are deterministic.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from typing import Any
 
 from lmconv.errors import InputError, UsageError
 
+from . import sentencepiece_model as spm_proto
 from .pretokenizer import (
     EXAMPLE_NAMES,
     KNOWN_PRE_TOKENIZERS,
@@ -539,6 +545,11 @@ def _spm_vocab(src: _Files, tj: Any, tc: Any, stm: Any, size: int | None) -> dic
         scores = [float(s) for _, s, _ in spm["pieces"]]
         known = (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE)
         types = [t if t in known else NORMAL for _, _, t in spm["pieces"]]
+        for i, typ in enumerate(types):
+            if typ == USER_DEFINED:
+                # transformers makes every user-defined piece an added token, as the pass below does for
+                # those the other files list: the same text, type and score whether they list it or not
+                (tokens[i], types[i]), scores[i] = _added_type(tokens[i], False), _USER_SCORE
         tr = spm["trainer"]
         defaults = {"unk": tr["unk_id"], "bos": tr["bos_id"], "eos": tr["eos_id"],
                     "pad": tr["pad_id"] if tr["pad_id"] >= 0 else None}
@@ -748,18 +759,52 @@ def _spm_merges(tokens: list[str], types: list[int], scores: list[float]) -> lis
     return [[left, right] for *_, left, right in found]
 
 
+def _sentencepiece_model(tokens: list[str], types: list[int], scores: list[float], special_ids: Mapping[str, int], *,
+                         unigram: bool, prefix: bool, remove_extra: bool = False, charsmap: bytes = b"") -> bytes | None:
+    """A tokenizer.model with the GGUF's pieces, scores and types, or None when sentencepiece would refuse it.
+
+    A BPE model for ``"llama"`` (llama.cpp's SPM tokenizer joins the best-scoring neighbours, as
+    sentencepiece's BPE does), a Unigram for ``"t5"``. User-defined tokens get their ``▁`` back:
+    llama.cpp matches them in the raw text (" x"), sentencepiece in the normalised one ("▁x").
+    """
+    known = (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE)
+    pieces: list[tuple[str, float, int]] = []
+    for tok, typ, score in zip(tokens, types, scores):
+        typ = typ if typ in known else NORMAL
+        pieces.append((tok.replace(" ", SPIECE) if typ == USER_DEFINED else tok, score, typ))
+    byte_fallback = any(typ == BYTE for _, _, typ in pieces)
+    if spm_proto.problem(pieces, byte_fallback=byte_fallback) is not None:
+        return None  # e.g. no UNKNOWN token: the tokenizer.json alone describes the tokenizer
+    unk = special_ids.get("unk")
+    if unk is None:
+        unk = next(i for i, (_, _, typ) in enumerate(pieces) if typ == UNKNOWN)
+    return spm_proto.model_proto(
+        pieces, model_type=spm_proto.UNIGRAM if unigram else spm_proto.BPE, byte_fallback=byte_fallback,
+        unk_id=unk, bos_id=special_ids.get("bos", -1), eos_id=special_ids.get("eos", -1),
+        pad_id=special_ids.get("pad", -1), add_dummy_prefix=prefix, remove_extra_whitespaces=remove_extra,
+        precompiled_charsmap=charsmap)
+
+
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
 
 
 def gguf_to_hf(fields: Mapping[str, object]) -> dict[str, bytes]:
-    """tokenizer.json, tokenizer_config.json and special_tokens_map.json from GGUF ``tokenizer.*`` fields.
+    """tokenizer.json, tokenizer_config.json and special_tokens_map.json from GGUF ``tokenizer.*`` fields,
+    and tokenizer.model for a SentencePiece vocabulary.
 
     The tokenizer.json splits and merges as llama.cpp does for the same fields: byte-level BPE
     with the pre-tokenizer named by ``tokenizer.ggml.pre`` (``"gpt2"``), a byte-fallback BPE
     whose merges follow the SentencePiece scores (``"llama"``), or a Unigram with the same
-    scores, charsmap and whitespace handling (``"t5"``). Raises :class:`UsageError` for a
-    tokenizer model or pre-tokenizer that has no tokenizer.json equivalent.
+    scores, charsmap and whitespace handling (``"t5"``). For ``"llama"`` and ``"t5"`` the
+    tokenizer.model (a sentencepiece BPE, resp. Unigram, model) holds every token, float32 score
+    and type at its id, the special ids, byte fallback, ``add_dummy_prefix`` from
+    ``add_space_prefix`` and (``"t5"``) the charsmap and ``remove_extra_whitespaces``; reading these
+    files back (:func:`hf_to_gguf`) gives the same fields. It is left out when sentencepiece could
+    not load it (no UNKNOWN token, a repeated token, …). tokenizer_config.json names
+    ``PreTrainedTokenizerFast``: transformers loads the tokenizer.json as it is, and converts the
+    tokenizer.model to the same tokenization when there is no tokenizer.json. Raises
+    :class:`UsageError` for a tokenizer model or pre-tokenizer that has no tokenizer.json equivalent.
     """
     model = _as_str(fields.get(MODEL, ""))
     tokens = [_as_str(t) for t in _as_list(fields.get(TOKENS))]
@@ -784,6 +829,7 @@ def gguf_to_hf(fields: Mapping[str, object]) -> dict[str, bytes]:
                           "normalized": False, "special": types[i] != USER_DEFINED})
     post = _template(names.get("bos") if add_bos else None, special_ids.get("bos"),
                      names.get("eos") if add_eos else None, special_ids.get("eos"))
+    spm_model: bytes | None = None
 
     if model == "gpt2":
         pre = _as_str(fields.get(PRE) or "default")
@@ -830,12 +876,14 @@ def gguf_to_hf(fields: Mapping[str, object]) -> dict[str, bytes]:
                       "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": BYTE in types,
                       "ignore_merges": False, "vocab": vocab, "merges": _spm_merges(tokens, types, scores)},
         }
+        spm_model = _sentencepiece_model(tokens, types, scores, special_ids, unigram=False, prefix=prefix)
     elif model == "t5":
         scores = [float(s) for s in _as_list(fields.get(SCORES))]
         scores += [0.0] * (len(tokens) - len(scores))
         prefix = _opt_bool(fields, ADD_PREFIX, False)
         norms: list[dict[str, Any]] = []
         charsmap = fields.get(CHARSMAP)
+        raw = b""
         if charsmap is not None and len(_as_list(charsmap)) > 0:
             if isinstance(charsmap, (bytes, bytearray)):
                 raw = bytes(charsmap)
@@ -843,7 +891,8 @@ def gguf_to_hf(fields: Mapping[str, object]) -> dict[str, bytes]:
                 raw = bytes(int(b) & 0xFF for b in _as_list(charsmap))
             norms.append({"type": "Precompiled", "precompiled_charsmap": base64.b64encode(raw).decode("ascii")})
         pre_tok = None
-        if _opt_bool(fields, REMOVE_EXTRA_WS, False):  # as transformers' T5 converter spells it
+        remove_extra = _opt_bool(fields, REMOVE_EXTRA_WS, False)
+        if remove_extra:  # as transformers' T5 converter spells it
             pre_tok = {"type": "Sequence", "pretokenizers": [
                 {"type": "WhitespaceSplit"},
                 {"type": "Metaspace", "replacement": SPIECE, "prepend_scheme": "always" if prefix else "never",
@@ -863,6 +912,8 @@ def gguf_to_hf(fields: Mapping[str, object]) -> dict[str, bytes]:
             "model": {"type": "Unigram", "unk_id": special_ids.get("unk"),
                       "vocab": [[t, scores[i]] for i, t in enumerate(tokens)], "byte_fallback": False},
         }
+        spm_model = _sentencepiece_model(tokens, types, scores, special_ids, unigram=True, prefix=prefix,
+                                         remove_extra=remove_extra, charsmap=raw)
     else:
         raise UsageError(f"the GGUF's tokenizer model {model!r} cannot be rebuilt as a Hugging Face tokenizer "
                          f"(lmconv rebuilds 'gpt2', 'llama' and 't5')")
@@ -884,6 +935,9 @@ def gguf_to_hf(fields: Mapping[str, object]) -> dict[str, bytes]:
             {"name": k[len(CHAT_TEMPLATE) + 1:], "template": _as_str(fields[k])} for k in named]
     elif template is not None:
         config["chat_template"] = _as_str(template)
-    return {"tokenizer.json": _json_bytes(tj), "tokenizer_config.json": _json_bytes(config),
-            "special_tokens_map.json": _json_bytes(stm)}
+    out = {"tokenizer.json": _json_bytes(tj), "tokenizer_config.json": _json_bytes(config),
+           "special_tokens_map.json": _json_bytes(stm)}
+    if spm_model is not None:
+        out["tokenizer.model"] = spm_model
+    return out
 

@@ -83,8 +83,10 @@ def plan_types(
     cast: DType | None,
     context: dict[str, Any],
     warn: Callable[[str], None],
+    for_runtime: bool = True,
 ) -> dict[str, DType]:
-    """A target dtype per GGUF tensor name."""
+    """A target dtype per GGUF tensor name. ``for_runtime`` (a family llama.cpp runs) widens the
+    tensors llama.cpp computes in f32 only; a generic GGUF keeps every dtype as it was."""
     overrides: list[tuple[str, str]] = []
     for item in context.get("tensor_type_overrides") or []:
         if "=" not in item:
@@ -107,7 +109,9 @@ def plan_types(
             plan[t.name] = default_type(t)
             continue
         want = base if base is not None else default_type(t)
-        if base is not None and must_stay_f32(t.name, t.shape):
+        # llama.cpp computes norms, biases and a few small tensors in f32 only (a bf16 norm aborts it):
+        # they become f32 whatever was asked, and a 16-bit one is widened (exactly) even when nothing was.
+        if must_stay_f32(t.name, t.shape) and (base is not None or (for_runtime and t.dtype.name in ("f16", "bf16"))):
             want = dt.F32
         for pattern, tname in overrides:
             if re.search(pattern, t.name):
