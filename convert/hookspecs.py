@@ -73,3 +73,13 @@ def register_tokenizer_bridges(register: Callable[[Any], None]) -> None:
     Used when a model read from a file with fields only (GGUF) is written as an HF folder, and
     when verification compares a tokenizer given as files with one given as fields.
     """
+
+
+@hookspec
+def register_encodings(register: Callable[[Any], None]) -> None:
+    """Register stored encodings of already-quantised weights: call ``register(encoding)`` with a
+    :class:`lmconv.encodings.Encoding` (FP8 with scales, GPTQ, AWQ, MXFP4 …).
+
+    Called when a model has been read: each encoding that claims it turns its pieces (weights,
+    scales, zero points) back into lazy float tensors before the family is recognised.
+    """

@@ -16,6 +16,7 @@ import numpy as np
 from . import dtypes as dt
 from .atomic import Staging, describe_os_error
 from .companions import attach_companions, attach_tokenizer, companion_files, write_companions
+from .encodings import decode_encodings
 from .errors import InputError, LmconvError, OutputError, UsageError
 from .formats import Format, Plan, ReadOptions, WriteOptions
 from .ir import Model, Tensor
@@ -115,6 +116,7 @@ def read_model(
         attach_companions(model, path, config_path=opts.config_path)
     if tokenizer is not None:
         attach_tokenizer(model, Path(tokenizer))
+    model = decode_encodings(model, warn)
     if not model.config:
         recognize(model, warn)
     return model

@@ -70,6 +70,7 @@ class Registry:
         self.options: dict[str, Option] = {}
         self.runtimes: dict[str, Runtime] = {}
         self.tokenizer_bridge: TokenizerBridge | None = None
+        self.encodings: dict[str, Any] = {}
         self._owner: dict[tuple[str, str], str] = {}
 
     # --- lookups -----------------------------------------------------------------
@@ -232,6 +233,15 @@ class Registry:
         self.tokenizer_bridge = bridge
         plugin.provides.append(f"tokenizer-bridge:{bridge.name}")
 
+    def _register_encoding(self, plugin: PluginInfo, enc: Any) -> None:
+        name = getattr(enc, "name", "") or ""
+        if not name:
+            raise TypeError(f"{type(enc).__name__} has no name")
+        self._claim("encoding", name, plugin.name)
+        self.encodings[name] = enc
+        enc.plugin = plugin.name
+        plugin.provides.append(f"encoding:{name}")
+
 
 def _disabled() -> set[str]:
     return {n.strip() for n in os.environ.get("LMCONV_DISABLE_PLUGINS", "").split(",") if n.strip()}
@@ -288,6 +298,7 @@ def _load_into(reg: Registry) -> None:
         ("register_options", reg._register_option),
         ("register_runtimes", reg._register_runtime),
         ("register_tokenizer_bridges", reg._register_tokenizer_bridge),
+        ("register_encodings", reg._register_encoding),
     )
     for hook_name, add in hooks:
         for impl in getattr(pm.hook, hook_name).get_hookimpls():  # in registration (= load) order
