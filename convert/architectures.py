@@ -118,7 +118,9 @@ class Layout:
     config to the tensor rules. ``hparams`` map config keys to metadata keys both ways;
     ``extra_meta(config)`` adds computed keys on the way out and ``extra_config(meta, config)``
     reads them back (both optional). ``config_base`` is what every config read back starts from
-    (``architectures``, ``model_type``, fixed keys such as the activation).
+    (``architectures``, ``model_type``, fixed keys such as the activation). ``requires_output``:
+    the target's runtime needs the output projection as a tensor of its own, so a tied model is
+    written with a copy of the embedding under the output's name (some of llama.cpp's graphs do).
     """
 
     target: str
@@ -128,6 +130,7 @@ class Layout:
     extra_meta: Callable[[Config], dict[str, Any]] | None = None
     extra_config: Callable[[Config, dict[str, Any]], None] | None = None
     config_base: dict[str, Any] = field(default_factory=dict)
+    requires_output: bool = False
 
     def meta_from_config(self, config: Config, origin: str | None = None) -> dict[str, Any]:
         meta: dict[str, Any] = {}
@@ -330,7 +333,12 @@ class Architecture:
         origin = model.config_source or model.source or None
         self.check_config(config, origin)
         self.check_shapes(model, origin)
-        tensors, unmatched = apply_forward(layout.rules(config), self.untied_tensors(model), config)
+        hf = self.untied_tensors(model)
+        if layout.requires_output and self.hf_output and not any(t.name == self.hf_output for t in hf):
+            emb = next((t for t in hf if t.name == self.hf_embedding), None)
+            if emb is not None:
+                hf.append(emb.replace(name=self.hf_output, aliases=()))
+        tensors, unmatched = apply_forward(layout.rules(config), hf, config)
         for t in unmatched:
             warn(f"tensor {t.name!r} has no {target} name in a {layout.arch} model; left out")
         return tensors, layout.meta_from_config(config, origin)

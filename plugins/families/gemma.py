@@ -44,12 +44,13 @@ from typing import Any, ClassVar
 import numpy as np
 from gguf import MODEL_ARCH, Keys
 from lmconv import blocks as B
-from lmconv.architectures import Architecture, Config, HParam, Layout, short_float
+from lmconv.architectures import Config, HParam, Layout, short_float
 from lmconv.errors import InputError
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor
 from lmconv.rules import Rename, Rule, Shift
 
+from ._decoder import DecoderFamily, shape_of
 from ._gguf import (
     arch_name,
     decoder_hparams,
@@ -80,17 +81,13 @@ def _swa_pattern(n_layer: int, n_pattern: int) -> list[bool]:
     return [n_pattern == 0 or (i % n_pattern) < (n_pattern - 1) for i in range(n_layer)]
 
 
-class GemmaArchitecture(Architecture):
+class GemmaArchitecture(DecoderFamily):
     name = "gemma"
     hf_architectures = ("GemmaForCausalLM",)
     model_types = ("gemma",)
     model_arch = MODEL_ARCH.GEMMA
     description = "Gemma (RMSNorm stored as 1 + w, embedding scaled by sqrt(hidden), GELU, tied output)"
-    hf_skip = ("rotary_emb.inv_freq",)
-    hf_embedding = "model.embed_tokens.weight"
-    hf_output = "lm_head.weight"
-    required_ints = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size")
-    optional_ints = ("num_key_value_heads", "head_dim", "max_position_embeddings")
+    rope_types = None
     #: the config key of the activation and what transformers uses when it is absent
     act_key = "hidden_act"
     #: transformers' defaults for this family (see :data:`_COMMON_DEFAULTS`)
@@ -124,19 +121,8 @@ class GemmaArchitecture(Architecture):
     def n_layer(self, config: Config) -> int:
         return super().n_layer(self.text_config(config))
 
-    def heads(self, config: Config) -> tuple[int, int]:
-        n_head = int(config["num_attention_heads"])
-        return n_head, int(config.get("num_key_value_heads") or n_head)
-
-    def head_dim(self, config: Config) -> int:
-        return int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
-
     def check_consistency(self, config: Config, origin: str | None) -> None:
-        n_head, n_kv = self.heads(config)
-        if n_head % n_kv:
-            raise InputError(f"num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_kv}", path=origin)
-        if self.head_dim(config) % 2:
-            raise InputError(f"head size {self.head_dim(config)} is odd; rotary embeddings need an even one", path=origin)
+        super().check_consistency(config, origin)
         layer_types = config.get("layer_types")
         if layer_types is not None:
             n = int(config["num_hidden_layers"])
@@ -162,23 +148,9 @@ class GemmaArchitecture(Architecture):
         if name is None:
             return None
         cfg = self.text_config(config)
-        n_head, n_kv = self.heads(cfg)
-        hidden, inter, size = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), self.head_dim(cfg)
-        q, kv = n_head * size, n_kv * size
-        shapes = {"self_attn.q_proj": (q, hidden), "self_attn.k_proj": (kv, hidden), "self_attn.v_proj": (kv, hidden),
-                  "self_attn.o_proj": (hidden, q), "mlp.gate_proj": (inter, hidden), "mlp.up_proj": (inter, hidden),
-                  "mlp.down_proj": (hidden, inter), "self_attn.q_norm": (size,), "self_attn.k_norm": (size,)}
-        if not name.endswith(".weight"):
-            return None
-        stem = name[:-len(".weight")]
-        for key, shape in shapes.items():
-            if stem.endswith("." + key):
-                return shape
-        if stem.endswith("layernorm") or stem == "model.norm":
-            return (hidden,)
-        if stem in ("model.embed_tokens", "lm_head"):
-            return (None, hidden)
-        return None
+        size = self.head_dim(cfg)
+        return shape_of(name, [(".self_attn.q_norm", (size,), None), (".self_attn.k_norm", (size,), None),
+                               *self.shape_table(cfg)])
 
     # ---- what llama.cpp computes for a config ---------------------------------------------
     def layer_types(self, config: Config) -> list[str]:

@@ -18,26 +18,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
+from gguf import MODEL_ARCH, Keys
 
 from lmconv import blocks as B
-from lmconv.architectures import Architecture, Config, HParam, Layout, short_float
-from lmconv.errors import InputError
+from lmconv.architectures import Config, HParam, Layout, short_float
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model
-from lmconv.rules import Generated, RowPermute, Rule
+from lmconv.rules import Rule
 
+from ._decoder import DecoderFamily
 from ._gguf import (
     arch_name,
     decoder_hparams,
-    fold_llama3_rope_factors,
-    gguf_name,
-    llama3_rope_factors,
-    renames,
-    rope_parameters,
     rope_scaling_config,
     rope_scaling_meta,
-    tensor_name,
 )
 
 ARCH = MODEL_ARCH.GRANITE
@@ -62,7 +56,6 @@ GRANITE_LAYOUT = (
     "model.norm.weight",
     "lm_head.weight",
 )
-ROTARY = (".self_attn.q_proj.", ".self_attn.k_proj.")
 #: the multipliers and the GGUF keys llama.cpp reads them from (HF's default for each is 1.0)
 SCALES = (
     HParam(Keys.LLM.EMBEDDING_SCALE, "embedding_multiplier", float, default=1.0),
@@ -73,70 +66,18 @@ SCALES = (
 ROPE_TYPES = ("default", "linear", "yarn", "llama3")
 
 
-class GraniteArchitecture(Architecture):
+class GraniteArchitecture(DecoderFamily):
     name = "granite"
     hf_architectures = ("GraniteForCausalLM",)
     model_types = ("granite",)
     description = "IBM Granite 3 (llama with embedding, residual, attention and logit multipliers)"
-    hf_skip = ("rotary_emb.inv_freq",)
-    hf_embedding = "model.embed_tokens.weight"
-    required_ints = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size")
-    optional_ints = ("num_key_value_heads", "head_dim", "max_position_embeddings")
-
-    # ---- config ------------------------------------------------------------------------
-    def heads(self, config: Config) -> tuple[int, int]:
-        n_head = int(config["num_attention_heads"])
-        return n_head, int(config.get("num_key_value_heads") or n_head)
-
-    def head_dim(self, config: Config) -> int:
-        return int(config["hidden_size"]) // int(config["num_attention_heads"])
-
-    def check_consistency(self, config: Config, origin: str | None) -> None:
-        n_head, n_kv = self.heads(config)
-        hidden = config["hidden_size"]
-        if hidden % n_head:
-            raise InputError(f"hidden_size {hidden} is not a multiple of num_attention_heads {n_head}", path=origin)
-        if config.get("head_dim") and config["head_dim"] != hidden // n_head:
-            raise InputError(f"head_dim {config['head_dim']} is not hidden_size / num_attention_heads "
-                             f"({hidden // n_head}); llama.cpp's granite has no other head size", path=origin)
-        if n_head % n_kv:
-            raise InputError(f"num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_kv}", path=origin)
-        if self.head_dim(config) % 2:
-            raise InputError(f"head size {self.head_dim(config)} is odd; rotary embeddings need an even one", path=origin)
-        kind = rope_parameters(config)["rope_type"]
-        if kind not in ROPE_TYPES:
-            raise InputError(f"rope type {kind!r} is not one llama.cpp's granite runs ({', '.join(ROPE_TYPES)})",
-                             path=origin)
-
-    def expected_shape(self, hf_name: str, config: Config) -> tuple[int | None, ...] | None:
-        n_head, n_kv = self.heads(config)
-        hidden, inter, size = config["hidden_size"], config["intermediate_size"], self.head_dim(config)
-        q, kv = n_head * size, n_kv * size
-        kind = hf_name.rsplit(".", 1)[-1]
-        for suffix, weight, bias in (
-            (".self_attn.q_proj", (q, hidden), (q,)), (".self_attn.k_proj", (kv, hidden), (kv,)),
-            (".self_attn.v_proj", (kv, hidden), (kv,)), (".self_attn.o_proj", (hidden, q), (hidden,)),
-            (".mlp.gate_proj", (inter, hidden), (inter,)), (".mlp.up_proj", (inter, hidden), (inter,)),
-            (".mlp.down_proj", (hidden, inter), (hidden,)),
-            ("layernorm", (hidden,), None), ("model.norm", (hidden,), None),
-            ("model.embed_tokens", (None, hidden), None), ("lm_head", (None, hidden), None),
-        ):
-            if hf_name.removesuffix("." + kind).endswith(suffix):
-                return weight if kind == "weight" else bias
-        return None
+    model_arch = ARCH
+    free_head_dim = False  # llama.cpp's converter ignores head_dim
+    rope_types = ROPE_TYPES
 
     # ---- GGUF --------------------------------------------------------------------------
     def gguf_rules(self, config: Config) -> Sequence[Rule]:
-        rules: list[Rule] = [Generated(tensor_name(MODEL_TENSOR.ROPE_FREQS),
-                                       lambda c: llama3_rope_factors(c, self.head_dim(c)),
-                                       lambda values, c: fold_llama3_rope_factors(values, c, self.head_dim(c)))]
-        for hf in GRANITE_LAYOUT:
-            if any(r in hf for r in ROTARY):
-                is_q = ".q_proj." in hf
-                rules.append(RowPermute(hf, gguf_name(ARCH, hf), heads=lambda c, q=is_q: self.heads(c)[0 if q else 1]))
-            else:
-                rules += renames(ARCH, [hf])
-        return rules
+        return [self.rope_freqs_rule(), *self.renamed(GRANITE_LAYOUT, permute_qk=True)]
 
     def gguf_meta(self, config: Config) -> dict[str, Any]:
         a = arch_name(ARCH)

@@ -27,19 +27,16 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
 from lmconv import blocks as B
-from lmconv.architectures import Architecture, Config, HParam, Layout
+from lmconv.architectures import Config, HParam, Layout
 from lmconv.errors import InputError
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor
-from lmconv.rules import Arrays, Generated, Map, Rename, RowPermute, Rule, Shape, Stack, config_int
+from lmconv.rules import Arrays, Map, Rename, Rule, Shape, Stack, config_int
 
+from ._decoder import DecoderFamily
 from ._gguf import (
     arch_name,
     decoder_hparams,
-    fold_llama3_rope_factors,
-    gguf_name,
-    llama3_rope_factors,
-    renames,
     rope_scaling_config,
     rope_scaling_meta,
     tensor_name,
@@ -65,7 +62,6 @@ LLAMA_LAYOUT = (
 )
 #: the llama layout without its dense MLP (what a mixture-of-experts decoder shares with it)
 DECODER_LAYOUT = tuple(n for n in LLAMA_LAYOUT if ".mlp." not in n)
-ROTARY = (".self_attn.q_proj.", ".self_attn.k_proj.")
 Array = np.ndarray
 
 
@@ -190,39 +186,22 @@ def dense_mlp(W: B.Weights, prefix: str, x: Array, act: Callable[[Array], Array]
 
 
 # =========================================================================== llama, mistral
-class LlamaArchitecture(Architecture):
+class LlamaArchitecture(DecoderFamily):
     name = "llama"
     hf_architectures = ("LlamaForCausalLM", "MistralForCausalLM")
     model_types = ("llama", "mistral")
     model_arch = MODEL_ARCH.LLAMA
     description = "Llama / Mistral (GQA, RMSNorm, SwiGLU, rotary)"
-    hf_skip = ("rotary_emb.inv_freq",)
-    hf_embedding = "model.embed_tokens.weight"
     permute_qk = True
+    rope_types = None  # llama.cpp's llama graph runs every kind lmconv writes
     #: the routed experts of a mixture-of-experts family (None: a dense MLP)
     experts: Experts | None = None
-    required_ints = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size")
-    optional_ints = ("num_key_value_heads", "head_dim", "max_position_embeddings")
     recognition_priority = 10  # the most common layout of its kind: a llama-shaped state dict is called llama
     recognition_needs = ("num_key_value_heads",)  # K's rows are heads × head size: neither is in a shape
 
     # ---- config ------------------------------------------------------------------------
-    def heads(self, config: Config) -> tuple[int, int]:
-        n_head = int(config["num_attention_heads"])
-        return n_head, int(config.get("num_key_value_heads") or n_head)
-
-    def head_dim(self, config: Config) -> int:
-        return int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
-
     def check_consistency(self, config: Config, origin: str | None) -> None:
-        n_head, n_kv = self.heads(config)
-        if not config.get("head_dim") and config["hidden_size"] % n_head:
-            raise InputError(f"hidden_size {config['hidden_size']} is not a multiple of num_attention_heads {n_head}",
-                             path=origin)
-        if n_head % n_kv:
-            raise InputError(f"num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_kv}", path=origin)
-        if self.permute_qk and self.head_dim(config) % 2:
-            raise InputError(f"head size {self.head_dim(config)} is odd; rotary embeddings need an even one", path=origin)
+        super().check_consistency(config, origin)
         if self.experts is not None:
             self.experts.check(config, origin)
 
@@ -231,21 +210,7 @@ class LlamaArchitecture(Architecture):
             shape = self.experts.expected_shape(hf_name, config)
             if shape is not None:
                 return shape
-        n_head, n_kv = self.heads(config)
-        hidden, inter, size = config["hidden_size"], config["intermediate_size"], self.head_dim(config)
-        q, kv = n_head * size, n_kv * size
-        kind = hf_name.rsplit(".", 1)[-1]
-        for suffix, weight, bias in (
-            (".self_attn.q_proj", (q, hidden), (q,)), (".self_attn.k_proj", (kv, hidden), (kv,)),
-            (".self_attn.v_proj", (kv, hidden), (kv,)), (".self_attn.o_proj", (hidden, q), (hidden,)),
-            (".mlp.gate_proj", (inter, hidden), (inter,)), (".mlp.up_proj", (inter, hidden), (inter,)),
-            (".mlp.down_proj", (hidden, inter), (hidden,)),
-            ("layernorm", (hidden,), None), ("model.norm", (hidden,), None),
-            ("model.embed_tokens", (None, hidden), None), ("lm_head", (None, hidden), None),
-        ):
-            if hf_name.removesuffix("." + kind).endswith(suffix):
-                return weight if kind == "weight" else bias
-        return None
+        return super().expected_shape(hf_name, config)
 
     def infer_config(self, model: Model) -> dict[str, Any]:
         """Sizes are in the shapes; head counts (and so the head size) are not."""
@@ -265,19 +230,10 @@ class LlamaArchitecture(Architecture):
         return LLAMA_LAYOUT if self.experts is None else DECODER_LAYOUT
 
     def gguf_rules(self, config: Config) -> Sequence[Rule]:
-        rules: list[Rule] = [Generated(tensor_name(MODEL_TENSOR.ROPE_FREQS),
-                                       lambda c: llama3_rope_factors(c, self.head_dim(c)),
-                                       lambda values, c: fold_llama3_rope_factors(values, c, self.head_dim(c)))]
+        rules: list[Rule] = [self.rope_freqs_rule()]
         if self.experts is not None:
             rules += self.experts.rules()
-        for hf in self.hf_layout(config):
-            if self.permute_qk and any(r in hf for r in ROTARY):
-                is_q = ".q_proj." in hf
-                rules.append(RowPermute(hf, gguf_name(self.model_arch, hf),
-                                        heads=lambda c, q=is_q: self.heads(c)[0 if q else 1]))
-            else:
-                rules += renames(self.model_arch, [hf])
-        return rules
+        return rules + self.renamed(self.hf_layout(config), permute_qk=self.permute_qk)
 
     def gguf_hparams(self) -> tuple[HParam, ...]:
         # GGUF arch llama holds Mixtral too: a llama GGUF with experts reads back as one (see from_target)

@@ -19,13 +19,14 @@ import numpy as np
 from gguf import MODEL_ARCH, Keys
 
 from lmconv import blocks as B
-from lmconv.architectures import Architecture, Config, Layout
+from lmconv.architectures import Config, Layout
 from lmconv.errors import InputError
 from lmconv.hookspecs import hookimpl
-from lmconv.ir import Model, Tensor
+from lmconv.ir import Model
 from lmconv.rules import Rule
 
-from ._gguf import arch_name, decoder_hparams, renames, rope_parameters, rope_scaling_config, rope_scaling_meta
+from ._decoder import DecoderFamily, Shape
+from ._gguf import arch_name, decoder_hparams, renames, rope_scaling_config, rope_scaling_meta
 
 ARCH = MODEL_ARCH.OLMO2
 OLMO2_LAYOUT = (
@@ -44,70 +45,22 @@ OLMO2_LAYOUT = (
     "model.norm.weight",
     "lm_head.weight",
 )
-ROPE_TYPES = ("default", "linear", "yarn")
 
 
-class Olmo2Architecture(Architecture):
+class Olmo2Architecture(DecoderFamily):
     name = "olmo2"
     hf_architectures = ("Olmo2ForCausalLM",)
     model_types = ("olmo2",)
     description = "OLMo 2 (norms after attention and MLP, Q/K RMSNorm over the whole projection)"
-    hf_skip = ("rotary_emb.inv_freq",)
-    hf_embedding = "model.embed_tokens.weight"
-    required_ints = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size")
-    optional_ints = ("num_key_value_heads", "head_dim", "max_position_embeddings")
+    model_arch = ARCH
+    free_head_dim = False
+    refused_flags = ("attention_bias",)
 
-    # ---- config ------------------------------------------------------------------------
-    def heads(self, config: Config) -> tuple[int, int]:
-        n_head = int(config["num_attention_heads"])
-        return n_head, int(config.get("num_key_value_heads") or n_head)
-
-    def head_dim(self, config: Config) -> int:
-        return int(config["hidden_size"]) // int(config["num_attention_heads"])
-
-    def check_consistency(self, config: Config, origin: str | None) -> None:
+    def shape_table(self, config: Config) -> list[tuple[str, Shape, Shape | None]]:
         n_head, n_kv = self.heads(config)
-        hidden = config["hidden_size"]
-        if hidden % n_head:
-            raise InputError(f"hidden_size {hidden} is not a multiple of num_attention_heads {n_head}", path=origin)
-        if config.get("head_dim") and config["head_dim"] != hidden // n_head:
-            raise InputError(f"head_dim {config['head_dim']} is not hidden_size / num_attention_heads "
-                             f"({hidden // n_head}); llama.cpp's olmo2 has no other head size", path=origin)
-        if n_head % n_kv:
-            raise InputError(f"num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_kv}", path=origin)
-        if self.head_dim(config) % 2:
-            raise InputError(f"head size {self.head_dim(config)} is odd; rotary embeddings need an even one", path=origin)
-        if config.get("attention_bias"):
-            raise InputError("attention_bias is set: llama.cpp's olmo2 has no attention biases", path=origin)
-        kind = rope_parameters(config)["rope_type"]
-        if kind not in ROPE_TYPES:
-            raise InputError(f"rope type {kind!r} is not one llama.cpp's olmo2 runs ({', '.join(ROPE_TYPES)})",
-                             path=origin)
-
-    def expected_shape(self, hf_name: str, config: Config) -> tuple[int | None, ...] | None:
-        n_head, n_kv = self.heads(config)
-        hidden, inter, size = config["hidden_size"], config["intermediate_size"], self.head_dim(config)
-        q, kv = n_head * size, n_kv * size
-        for suffix, shape in (
-            (".self_attn.q_proj.weight", (q, hidden)), (".self_attn.k_proj.weight", (kv, hidden)),
-            (".self_attn.v_proj.weight", (kv, hidden)), (".self_attn.o_proj.weight", (hidden, q)),
-            (".self_attn.q_norm.weight", (q,)), (".self_attn.k_norm.weight", (kv,)),
-            (".mlp.gate_proj.weight", (inter, hidden)), (".mlp.up_proj.weight", (inter, hidden)),
-            (".mlp.down_proj.weight", (hidden, inter)), ("layernorm.weight", (hidden,)), ("model.norm.weight", (hidden,)),
-            ("model.embed_tokens.weight", (None, hidden)), ("lm_head.weight", (None, hidden)),
-        ):
-            if hf_name.endswith(suffix):
-                return shape
-        return None
-
-    def untied_tensors(self, model: Model) -> list[Tensor]:
-        """llama.cpp's olmo2 requires ``output.weight``: a tied head is written as the embedding's copy."""
-        out = super().untied_tensors(model)
-        if not any(t.name == self.hf_output for t in out):
-            emb = next((t for t in out if t.name == self.hf_embedding), None)
-            if emb is not None:
-                out.append(emb.replace(name=self.hf_output, aliases=()))
-        return out
+        size = self.head_dim(config)
+        return [(".self_attn.q_norm", (n_head * size,), None), (".self_attn.k_norm", (n_kv * size,), None),
+                *super().shape_table(config)]
 
     # ---- GGUF --------------------------------------------------------------------------
     def gguf_rules(self, config: Config) -> Sequence[Rule]:
@@ -128,7 +81,7 @@ class Olmo2Architecture(Architecture):
     def layouts(self) -> dict[str, Layout]:
         return {"gguf": Layout(
             "gguf", arch_name(ARCH), self.gguf_rules, decoder_hparams(),
-            extra_meta=self.gguf_meta, extra_config=self.gguf_config,
+            extra_meta=self.gguf_meta, extra_config=self.gguf_config, requires_output=True,
             config_base={"architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", "hidden_act": "silu",
                          "attention_bias": False,
                          # transformers' defaults are OLMo's own ids: the tokenizer's (when given) replace them

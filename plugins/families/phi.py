@@ -25,12 +25,13 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
 from lmconv import blocks as B
-from lmconv.architectures import Architecture, Config, HParam, Layout, short_float
+from lmconv.architectures import Config, HParam, Layout, short_float
 from lmconv.errors import InputError
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor
 from lmconv.rules import Generated, Rule
 
+from ._decoder import DecoderFamily, shape_of
 from ._gguf import arch_name, decoder_hparams, renames, tensor_name
 
 PHI3_LAYOUT = (
@@ -68,30 +69,11 @@ PHI2_LAYOUT = (
 LONGROPE = ("longrope", "su", "yarn")  # transformers' Phi3Config reads the old "su" and "yarn" as longrope
 
 
-def _shape_of(hf_name: str, table: Sequence[tuple[str, Any, Any]]) -> tuple[int | None, ...] | None:
-    kind = hf_name.rsplit(".", 1)[-1]
-    stem = hf_name.removesuffix("." + kind)
-    for suffix, weight, bias in table:
-        if stem.endswith(suffix):
-            return weight if kind == "weight" else bias
-    return None
-
-
-class _PhiBase(Architecture):
+class _PhiBase(DecoderFamily):
     """What Phi-2 and Phi-3 share: sizes, head checks, the rotated dimensions."""
 
-    model_arch: MODEL_ARCH
-    hf_skip = ("rotary_emb.inv_freq",)
-    hf_embedding = "model.embed_tokens.weight"
-    required_ints = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size")
-    optional_ints = ("num_key_value_heads", "head_dim", "max_position_embeddings")
-
-    def heads(self, config: Config) -> tuple[int, int]:
-        n_head = int(config["num_attention_heads"])
-        return n_head, int(config.get("num_key_value_heads") or n_head)
-
-    def head_dim(self, config: Config) -> int:
-        return int(config["hidden_size"]) // int(config["num_attention_heads"])
+    free_head_dim = False
+    rope_types = None  # each checks its own
 
     def rope(self, config: Config) -> dict[str, Any]:
         return B.rope_params(config)
@@ -104,20 +86,6 @@ class _PhiBase(Architecture):
         """llama.cpp's ``rope.dimension_count``: the rotated dimensions of a head."""
         return int(self.head_dim(config) * self.partial_rotary(config))
 
-    def check_consistency(self, config: Config, origin: str | None) -> None:
-        n_head, n_kv = self.heads(config)
-        hidden = int(config["hidden_size"])
-        if hidden % n_head:
-            raise InputError(f"hidden_size {hidden} is not a multiple of num_attention_heads {n_head}", path=origin)
-        if config.get("head_dim") and int(config["head_dim"]) * n_head != hidden:
-            raise InputError(f"head_dim {config['head_dim']} × {n_head} heads is not hidden_size {hidden}, "
-                             f"which llama.cpp's {arch_name(self.model_arch)} graph needs", path=origin)
-        if n_head % n_kv:
-            raise InputError(f"num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_kv}", path=origin)
-        if self.rope_dims(config) % 2 or self.rope_dims(config) < 2:
-            raise InputError(f"{self.rope_dims(config)} rotated dimensions per head (head size × "
-                             f"partial_rotary_factor); rotary embeddings need an even number", path=origin)
-
     def meta_common(self, config: Config) -> dict[str, Any]:
         return {Keys.Rope.DIMENSION_COUNT.format(arch=arch_name(self.model_arch)): self.rope_dims(config)}
 
@@ -129,18 +97,6 @@ class _PhiBase(Architecture):
         theta = config.get("rope_theta", 10000.0)
         config["rope_parameters"] = {"rope_type": "default", "rope_theta": theta,
                                      "partial_rotary_factor": short_float(n_rot / head_dim)}
-
-    def untied_tensors(self, model: Model) -> list[Tensor]:
-        """llama.cpp's phi2 graph needs ``output.weight`` even for a tied model: write the embedding
-        under both names (phi3's may be tied, and then is left out)."""
-        out = super().untied_tensors(model)
-        if self.output_required and not any(t.name == self.hf_output for t in out):
-            emb = next((t for t in out if t.name == self.hf_embedding), None)
-            if emb is not None:
-                out.append(emb.replace(name=self.hf_output, aliases=()))
-        return out
-
-    output_required = False
 
 
 # =========================================================================== Phi-3
@@ -180,7 +136,7 @@ class Phi3Architecture(_PhiBase):
         n_head, n_kv = self.heads(config)
         hidden, inter, size = config["hidden_size"], config["intermediate_size"], self.head_dim(config)
         q, kv = n_head * size, n_kv * size
-        return _shape_of(hf_name, (
+        return shape_of(hf_name, (
             (".self_attn.qkv_proj", (q + 2 * kv, hidden), None), (".self_attn.o_proj", (hidden, q), None),
             (".mlp.gate_up_proj", (2 * inter, hidden), None), (".mlp.down_proj", (hidden, inter), None),
             ("layernorm", (hidden,), None), ("model.norm", (hidden,), None),
@@ -325,7 +281,6 @@ class PhiArchitecture(_PhiBase):
     model_types = ("phi",)
     model_arch = MODEL_ARCH.PHI2
     description = "Phi-1/1.5/2 (parallel attention and MLP off one LayerNorm, partial rotary, biases, gelu_new)"
-    output_required = True
 
     def partial_rotary(self, config: Config) -> float:
         p = B.rope_params(config)
@@ -343,7 +298,7 @@ class PhiArchitecture(_PhiBase):
         n_head, n_kv = self.heads(config)
         hidden, inter, size = config["hidden_size"], config["intermediate_size"], self.head_dim(config)
         q, kv = n_head * size, n_kv * size
-        return _shape_of(hf_name, (
+        return shape_of(hf_name, (
             (".self_attn.q_proj", (q, hidden), (q,)), (".self_attn.k_proj", (kv, hidden), (kv,)),
             (".self_attn.v_proj", (kv, hidden), (kv,)), (".self_attn.dense", (hidden, q), (hidden,)),
             (".mlp.fc1", (inter, hidden), (inter,)), (".mlp.fc2", (hidden, inter), (hidden,)),
@@ -362,6 +317,7 @@ class PhiArchitecture(_PhiBase):
         return {"gguf": Layout(
             "gguf", arch_name(self.model_arch), self.gguf_rules, PHI2_HPARAMS,
             extra_meta=self.gguf_meta, extra_config=self.config_common,
+            requires_output=True,  # llama.cpp's phi2 graph needs output.weight even for a tied model
             config_base={"architectures": ["PhiForCausalLM"], "model_type": "phi", "hidden_act": "gelu_new",
                          "qk_layernorm": False},
         )}

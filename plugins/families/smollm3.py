@@ -18,18 +18,16 @@ import numpy as np
 from gguf import MODEL_ARCH, Keys
 
 from lmconv import blocks as B
-from lmconv.architectures import Architecture, Config, Layout
+from lmconv.architectures import Config, Layout
 from lmconv.errors import InputError
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model
-from lmconv.rules import RowPermute, Rule
+from lmconv.rules import Rule
 
+from ._decoder import DecoderFamily
 from ._gguf import (
     arch_name,
     decoder_hparams,
-    gguf_name,
-    renames,
-    rope_parameters,
     rope_scaling_config,
     rope_scaling_meta,
 )
@@ -52,7 +50,6 @@ SMOLLM3_LAYOUT = (
     "model.norm.weight",
     "lm_head.weight",
 )
-ROTARY = (".self_attn.q_proj.", ".self_attn.k_proj.")
 
 
 def rope_layers(config: Config, n_layer: int) -> list[bool]:
@@ -74,37 +71,20 @@ def sliding_layers(config: Config, n_layer: int) -> list[bool]:
     return [not r for r in rope_layers(config, n_layer)]
 
 
-class SmolLM3Architecture(Architecture):
+class SmolLM3Architecture(DecoderFamily):
     name = "smollm3"
     hf_architectures = ("SmolLM3ForCausalLM",)
     model_types = ("smollm3",)
     description = "SmolLM3 (llama without rotary on every 4th layer)"
-    hf_skip = ("rotary_emb.inv_freq",)
-    hf_embedding = "model.embed_tokens.weight"
-    required_ints = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size")
+    model_arch = ARCH
     optional_ints = ("num_key_value_heads", "head_dim", "max_position_embeddings", "no_rope_layer_interval")
+    rope_types = ROPE_TYPES
+    refused_flags = ("attention_bias", "mlp_bias")
 
     # ---- config ------------------------------------------------------------------------
-    def heads(self, config: Config) -> tuple[int, int]:
-        n_head = int(config["num_attention_heads"])
-        return n_head, int(config.get("num_key_value_heads") or n_head)
-
-    def head_dim(self, config: Config) -> int:
-        return int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
-
     def check_consistency(self, config: Config, origin: str | None) -> None:
-        n_head, n_kv = self.heads(config)
+        super().check_consistency(config, origin)
         n_layer = self.n_layer(config)
-        if not config.get("head_dim") and config["hidden_size"] % n_head:
-            raise InputError(f"hidden_size {config['hidden_size']} is not a multiple of num_attention_heads {n_head}",
-                             path=origin)
-        if n_head % n_kv:
-            raise InputError(f"num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_kv}", path=origin)
-        if self.head_dim(config) % 2:
-            raise InputError(f"head size {self.head_dim(config)} is odd; rotary embeddings need an even one", path=origin)
-        for key in ("attention_bias", "mlp_bias"):
-            if config.get(key):
-                raise InputError(f"{key} is set: llama.cpp's smollm3 has no biases", path=origin)
         given = config.get("no_rope_layers")
         if given is not None and (not isinstance(given, list) or len(given) != n_layer
                                   or any(x not in (0, 1) for x in given)):
@@ -117,38 +97,10 @@ class SmolLM3Architecture(Architecture):
         if any(sliding_layers(config, n_layer)):
             raise InputError(f"sliding-window layers (sliding_window {config.get('sliding_window')}): "
                              "llama.cpp's smollm3 has none", path=origin)
-        kind = rope_parameters(config)["rope_type"]
-        if kind not in ROPE_TYPES:
-            raise InputError(f"rope type {kind!r} is not one llama.cpp's smollm3 runs ({', '.join(ROPE_TYPES)})",
-                             path=origin)
-
-    def expected_shape(self, hf_name: str, config: Config) -> tuple[int | None, ...] | None:
-        n_head, n_kv = self.heads(config)
-        hidden, inter, size = config["hidden_size"], config["intermediate_size"], self.head_dim(config)
-        q, kv = n_head * size, n_kv * size
-        kind = hf_name.rsplit(".", 1)[-1]
-        for suffix, weight, bias in (
-            (".self_attn.q_proj", (q, hidden), (q,)), (".self_attn.k_proj", (kv, hidden), (kv,)),
-            (".self_attn.v_proj", (kv, hidden), (kv,)), (".self_attn.o_proj", (hidden, q), (hidden,)),
-            (".mlp.gate_proj", (inter, hidden), (inter,)), (".mlp.up_proj", (inter, hidden), (inter,)),
-            (".mlp.down_proj", (hidden, inter), (hidden,)),
-            ("layernorm", (hidden,), None), ("model.norm", (hidden,), None),
-            ("model.embed_tokens", (None, hidden), None), ("lm_head", (None, hidden), None),
-        ):
-            if hf_name.removesuffix("." + kind).endswith(suffix):
-                return weight if kind == "weight" else bias
-        return None
 
     # ---- GGUF --------------------------------------------------------------------------
     def gguf_rules(self, config: Config) -> Sequence[Rule]:
-        rules: list[Rule] = []
-        for hf in SMOLLM3_LAYOUT:
-            if any(r in hf for r in ROTARY):
-                is_q = ".q_proj." in hf
-                rules.append(RowPermute(hf, gguf_name(ARCH, hf), heads=lambda c, q=is_q: self.heads(c)[0 if q else 1]))
-            else:
-                rules += renames(ARCH, [hf])
-        return rules
+        return self.renamed(SMOLLM3_LAYOUT, permute_qk=True)
 
     def gguf_meta(self, config: Config) -> dict[str, Any]:
         a = arch_name(ARCH)

@@ -17,12 +17,12 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
 from lmconv import blocks as B
-from lmconv.architectures import Architecture, Config, HParam, Layout, short_float
-from lmconv.errors import InputError
+from lmconv.architectures import Config, HParam, Layout, short_float
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor
 from lmconv.rules import Rule, Stack
 
+from ._decoder import DecoderFamily, Shape
 from ._gguf import arch_name, renames, tensor_name
 
 ARCH = MODEL_ARCH.STABLELM
@@ -62,75 +62,32 @@ HPARAMS = (
 )
 
 
-class StableLmArchitecture(Architecture):
+class StableLmArchitecture(DecoderFamily):
     name = "stablelm"
     hf_architectures = ("StableLmForCausalLM",)
     model_types = ("stablelm",)
     description = "StableLM 2 (LayerNorm, partial rotary, optional QKV bias, per-head Q/K norms, parallel residual)"
-    hf_skip = ("rotary_emb.inv_freq",)
-    hf_embedding = "model.embed_tokens.weight"
-    required_ints = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size")
-    optional_ints = ("num_key_value_heads", "head_dim", "max_position_embeddings")
-
-    def heads(self, config: Config) -> tuple[int, int]:
-        n_head = int(config["num_attention_heads"])
-        return n_head, int(config.get("num_key_value_heads") or n_head)
-
-    def head_dim(self, config: Config) -> int:
-        return int(config["hidden_size"]) // int(config["num_attention_heads"])
+    model_arch = ARCH
+    free_head_dim = False
+    rope_types = ("default",)  # lmconv converts stablelm with plain rotary embeddings only
 
     def rope_dims(self, config: Config) -> int:
         p = B.rope_params(config)
         partial = float(p.get("partial_rotary_factor", config.get("partial_rotary_factor", 0.25)) or 0.25)
         return int(self.head_dim(config) * partial)
 
-    def check_consistency(self, config: Config, origin: str | None) -> None:
-        n_head, n_kv = self.heads(config)
-        hidden = int(config["hidden_size"])
-        if hidden % n_head:
-            raise InputError(f"hidden_size {hidden} is not a multiple of num_attention_heads {n_head}", path=origin)
-        if config.get("head_dim") and int(config["head_dim"]) * n_head != hidden:
-            raise InputError(f"head_dim {config['head_dim']} × {n_head} heads is not hidden_size {hidden}, "
-                             "which llama.cpp's stablelm graph needs", path=origin)
-        if n_head % n_kv:
-            raise InputError(f"num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_kv}", path=origin)
-        if self.rope_dims(config) % 2 or self.rope_dims(config) < 2:
-            raise InputError(f"{self.rope_dims(config)} rotated dimensions per head (head size × partial_rotary_factor); "
-                             "rotary embeddings need an even number", path=origin)
-        kind = B.rope_params(config)["rope_type"]
-        if kind != "default":
-            raise InputError(f"rope type {kind!r}: lmconv converts stablelm models with plain rotary embeddings only",
-                             path=origin)
+    def shape_table(self, config: Config) -> list[tuple[str, Shape, Shape | None]]:
+        """LayerNorms with biases; an MLP without."""
+        hidden, inter = int(config["hidden_size"]), int(config["intermediate_size"])
+        table = [row for row in super().shape_table(config) if "norm" not in row[0] and ".mlp." not in row[0]]
+        return [*table, (".mlp.gate_proj", (inter, hidden), None), (".mlp.up_proj", (inter, hidden), None),
+                (".mlp.down_proj", (hidden, inter), None), ("layernorm", (hidden,), (hidden,)),
+                ("model.norm", (hidden,), (hidden,))]
 
-    def expected_shape(self, hf_name: str, config: Config) -> tuple[int | None, ...] | None:
-        n_head, n_kv = self.heads(config)
-        hidden, inter, size = config["hidden_size"], config["intermediate_size"], self.head_dim(config)
-        q, kv = n_head * size, n_kv * size
-        if "_layernorm.norms." in hf_name:
-            return (size,)
-        kind = hf_name.rsplit(".", 1)[-1]
-        stem = hf_name.removesuffix("." + kind)
-        for suffix, weight, bias in (
-            (".self_attn.q_proj", (q, hidden), (q,)), (".self_attn.k_proj", (kv, hidden), (kv,)),
-            (".self_attn.v_proj", (kv, hidden), (kv,)), (".self_attn.o_proj", (hidden, q), (hidden,)),
-            (".mlp.gate_proj", (inter, hidden), None), (".mlp.up_proj", (inter, hidden), None),
-            (".mlp.down_proj", (hidden, inter), None),
-            ("layernorm", (hidden,), (hidden,)), ("model.norm", (hidden,), (hidden,)),
-            ("model.embed_tokens", (None, hidden), None), ("lm_head", (None, hidden), None),
-        ):
-            if stem.endswith(suffix):
-                return weight if kind == "weight" else bias
-        return None
-
-    def untied_tensors(self, model: Model) -> list[Tensor]:
-        """llama.cpp's stablelm graph needs ``output.weight`` even for a tied model: write the
-        embedding under both names."""
-        out = super().untied_tensors(model)
-        if not any(t.name == self.hf_output for t in out):
-            emb = next((t for t in out if t.name == self.hf_embedding), None)
-            if emb is not None:
-                out.append(emb.replace(name=self.hf_output, aliases=()))
-        return out
+    def expected_shape(self, hf_name: str, config: Config) -> Shape | None:
+        if "_layernorm.norms." in hf_name:  # one Q/K norm per head
+            return (self.head_dim(config),)
+        return super().expected_shape(hf_name, config)
 
     # ---- GGUF --------------------------------------------------------------------------
     def gguf_rules(self, config: Config) -> Sequence[Rule]:
@@ -166,6 +123,7 @@ class StableLmArchitecture(Architecture):
     def layouts(self) -> dict[str, Layout]:
         return {"gguf": Layout(
             "gguf", arch_name(ARCH), self.gguf_rules, HPARAMS, extra_meta=self.gguf_meta, extra_config=self.gguf_config,
+            requires_output=True,
             config_base={"architectures": ["StableLmForCausalLM"], "model_type": "stablelm", "hidden_act": "silu"},
         )}
 

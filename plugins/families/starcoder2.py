@@ -16,13 +16,14 @@ import numpy as np
 from gguf import MODEL_ARCH, Keys
 
 from lmconv import blocks as B
-from lmconv.architectures import Architecture, Config, HParam, Layout
+from lmconv.architectures import Config, HParam, Layout
 from lmconv.errors import InputError
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor
 from lmconv.rules import Rule
 
-from ._gguf import arch_name, renames, rope_parameters, rope_scaling_config, rope_scaling_meta
+from ._decoder import DecoderFamily, Shape
+from ._gguf import arch_name, renames, rope_scaling_config, rope_scaling_meta
 
 STARCODER2_LAYOUT = (
     "model.embed_tokens.weight",
@@ -60,59 +61,28 @@ HPARAMS = (
 )
 
 
-class Starcoder2Architecture(Architecture):
+class Starcoder2Architecture(DecoderFamily):
     name = "starcoder2"
     hf_architectures = ("Starcoder2ForCausalLM",)
     model_types = ("starcoder2",)
     description = "StarCoder2 (GQA, LayerNorm with biases, biased projections, GELU MLP, sliding window)"
-    hf_skip = ("rotary_emb.inv_freq",)
-    hf_embedding = "model.embed_tokens.weight"
-    required_ints = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size")
+    model_arch = ARCH
     optional_ints = ("num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window")
-
-    def heads(self, config: Config) -> tuple[int, int]:
-        n_head = int(config["num_attention_heads"])
-        return n_head, int(config.get("num_key_value_heads") or n_head)
-
-    def head_dim(self, config: Config) -> int:
-        return int(config["hidden_size"]) // int(config["num_attention_heads"])
+    free_head_dim = False
 
     def check_consistency(self, config: Config, origin: str | None) -> None:
-        n_head, n_kv = self.heads(config)
-        hidden = int(config["hidden_size"])
-        if hidden % n_head:
-            raise InputError(f"hidden_size {hidden} is not a multiple of num_attention_heads {n_head}", path=origin)
-        if config.get("head_dim") and int(config["head_dim"]) * n_head != hidden:
-            raise InputError(f"head_dim {config['head_dim']} × {n_head} heads is not hidden_size {hidden}, "
-                             "which llama.cpp's starcoder2 graph needs", path=origin)
-        if n_head % n_kv:
-            raise InputError(f"num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_kv}", path=origin)
-        if self.head_dim(config) % 2:
-            raise InputError(f"head size {self.head_dim(config)} is odd; rotary embeddings need an even one", path=origin)
+        super().check_consistency(config, origin)
         if config.get("use_bias", True) is False:
             raise InputError("use_bias is false: llama.cpp's starcoder2 graph needs the norm, output and MLP biases",
                              path=origin)
-        kind = rope_parameters(config)["rope_type"]
-        if kind not in ("default", "linear", "yarn"):
-            raise InputError(f"rope type {kind!r}: llama.cpp's starcoder2 graph runs default, linear or yarn rotary "
-                             "embeddings", path=origin)
 
-    def expected_shape(self, hf_name: str, config: Config) -> tuple[int | None, ...] | None:
-        n_head, n_kv = self.heads(config)
-        hidden, inter, size = config["hidden_size"], config["intermediate_size"], self.head_dim(config)
-        q, kv = n_head * size, n_kv * size
-        kind = hf_name.rsplit(".", 1)[-1]
-        stem = hf_name.removesuffix("." + kind)
-        for suffix, weight, bias in (
-            (".self_attn.q_proj", (q, hidden), (q,)), (".self_attn.k_proj", (kv, hidden), (kv,)),
-            (".self_attn.v_proj", (kv, hidden), (kv,)), (".self_attn.o_proj", (hidden, q), (hidden,)),
-            (".mlp.c_fc", (inter, hidden), (inter,)), (".mlp.c_proj", (hidden, inter), (hidden,)),
-            ("layernorm", (hidden,), (hidden,)), ("model.norm", (hidden,), (hidden,)),
-            ("model.embed_tokens", (None, hidden), None), ("lm_head", (None, hidden), None),
-        ):
-            if stem.endswith(suffix):
-                return weight if kind == "weight" else bias
-        return None
+    def shape_table(self, config: Config) -> list[tuple[str, Shape, Shape | None]]:
+        """A two-matrix MLP (``c_fc``, ``c_proj``) and LayerNorms, all with biases."""
+        hidden, inter = int(config["hidden_size"]), int(config["intermediate_size"])
+        attention = [row for row in super().shape_table(config) if ".self_attn." in row[0] or "embed" in row[0]
+                     or "lm_head" in row[0]]
+        return [*attention, (".mlp.c_fc", (inter, hidden), (inter,)), (".mlp.c_proj", (hidden, inter), (hidden,)),
+                ("layernorm", (hidden,), (hidden,)), ("model.norm", (hidden,), (hidden,))]
 
     def to_target(self, model: Model, target: str, warn: Callable[[str], None] = lambda m: None
                   ) -> tuple[list[Tensor], dict[str, Any]]:
