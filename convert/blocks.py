@@ -350,3 +350,58 @@ def selective_scan(x: Array, dt: Array, a: Array, b: Array, c: Array, d: Array |
         h = np.exp(dt[t][:, None] * a) * h + (dt[t] * x[t])[:, None] * b[t][None, :]
         y[t] = h @ c[t]
     return y + x * d if d is not None else y
+
+
+# =========================================================================== gated recurrent cells
+def sigmoid(x: Array) -> Array:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def lstm_sequence(x: Array, w_ih: Array, w_hh: Array, b_ih: Array | None = None, b_hh: Array | None = None, *,
+                  w_hr: Array | None = None, reverse: bool = False) -> Array:
+    """One direction of a long short-term memory layer over x ``[n, in]`` from a zero state, in
+    PyTorch's ``nn.LSTM`` layout: the gates i, f, g, o stacked in the rows of w_ih ``[4h, in]`` and
+    w_hh ``[4h, out]``; ``c = σ(f)·c + σ(i)·tanh(g)``, ``h = σ(o)·tanh(c)``, then ``h = w_hr h`` when a
+    projection w_hr ``[p, h]`` is given (out = p, else h). ``reverse`` runs from the last step to the
+    first (the backward direction); outputs stay in input order. → ``[n, out]``."""
+    n = x.shape[0]
+    hid = w_hh.shape[0] // 4
+    pre = x @ w_ih.T
+    for b in (b_ih, b_hh):
+        if b is not None:
+            pre = pre + b
+    h = np.zeros(w_hh.shape[1], dtype=x.dtype)
+    c = np.zeros(hid, dtype=x.dtype)
+    out = np.empty((n, w_hh.shape[1]), dtype=x.dtype)
+    for t in (range(n - 1, -1, -1) if reverse else range(n)):
+        g = pre[t] + w_hh @ h
+        i, f, cand, o = g[:hid], g[hid:2 * hid], g[2 * hid:3 * hid], g[3 * hid:]
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(cand)
+        h = sigmoid(o) * np.tanh(c)
+        if w_hr is not None:
+            h = w_hr @ h
+        out[t] = h
+    return out
+
+
+def gru_sequence(x: Array, w_ih: Array, w_hh: Array, b_ih: Array | None = None, b_hh: Array | None = None, *,
+                 reverse: bool = False) -> Array:
+    """One direction of a gated recurrent unit layer over x ``[n, in]`` from a zero state, in PyTorch's
+    ``nn.GRU`` layout: gates r, z, n in the rows of w_ih ``[3h, in]`` and w_hh ``[3h, h]``, the n gate's
+    hidden bias inside the reset product: ``n = tanh(W_in x + b_in + r·(W_hn h + b_hn))``,
+    ``h = (1 - z)·n + z·h``. → ``[n, h]``."""
+    n = x.shape[0]
+    hid = w_hh.shape[1]
+    gi = x @ w_ih.T + (b_ih if b_ih is not None else 0)
+    bh = b_hh if b_hh is not None else np.zeros(3 * hid, dtype=x.dtype)
+    h = np.zeros(hid, dtype=x.dtype)
+    out = np.empty((n, hid), dtype=x.dtype)
+    for t in (range(n - 1, -1, -1) if reverse else range(n)):
+        gh = w_hh @ h + bh
+        r = sigmoid(gi[t, :hid] + gh[:hid])
+        z = sigmoid(gi[t, hid:2 * hid] + gh[hid:2 * hid])
+        cand = np.tanh(gi[t, 2 * hid:] + r * gh[2 * hid:])
+        h = (1 - z) * cand + z * h
+        out[t] = h
+    return out
+

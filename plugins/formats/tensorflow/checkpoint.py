@@ -11,7 +11,9 @@ Writing makes a TF2 object-based checkpoint (what ``tf.train.Checkpoint(model=m)
 makes: keys ``model/<path>/.ATTRIBUTES/VARIABLE_VALUE`` and a ``_CHECKPOINTABLE_OBJECT_GRAPH``)
 with HF-TF variable names, plus a ``_lmconv_metadata`` string that gives the exact HF names back.
 Tensors are saved a shard at a time, so memory is bounded by ``--max-shard-size`` (default 1GB),
-not by the model.
+not by the model. A model whose family lays itself out for TensorFlow (:mod:`families`) is written in
+that layout (a Keras model's object-based keys, or a TF1 variant's names, name-based), and a
+checkpoint in such a layout is read back through the family that claims it.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from typing import Any
 import numpy as np
 from lmconv import dtypes as dt
 from lmconv.errors import InputError, MissingDependencyError
-from lmconv.formats import Format, ReadOptions, WriteOptions
+from lmconv.formats import Format, Plan, ReadOptions, WriteOptions
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model
 from lmconv.sharding import MAX_SHARD_SIZE, shard_tensors
 from lmconv.streaming import iter_loaded
 from lmconv.units import parse_size
 
+from . import families
 from . import names as tn
 from .index import TABLE_MAGIC, TF_TYPE_NAMES, check_index
 
@@ -179,6 +182,10 @@ def read_checkpoint(path: Path, options: ReadOptions) -> Model:
     for t in tn.build_tensors(entries, load, str(index)):
         model.add(t)
     model.metadata["tensorflow"] = {"naming": scheme, "prefix": prefix.name}
+    if scheme == "verbatim" or (scheme == "lmconv" and meta and meta.get("family")):
+        key = families.claim(model, "tf", meta=meta, ordered=False, options=options, origin=str(index), remember=True)
+        if key is not None:
+            model.metadata["tensorflow"]["naming"] = f"{key} layout of {model.architecture or 'a family'}"
     return model
 
 
@@ -220,16 +227,28 @@ def _stored_dtype(d: dt.DType) -> dt.DType:
 def write_checkpoint(model: Model, path: Path, options: WriteOptions) -> list[Path]:
     tf = _tf()
     prefix = Path(str(path)[: -len(".index")]) if str(path).endswith(".index") else path
-    plan = tn.plan_write(model)
+    family = families.checkpoint_layout(model)
+    name_based = False
+    if family is not None:
+        # A family's own layout: object-based keys of a Keras model (``tf``) or, for a variant such as
+        # ``tf.v1``, TF1 variable names written name-based (what a tf.compat.v1 Saver restores).
+        arch, key = family
+        name_based = key != "tf"
+        tensors = families.target_tensors(model, arch, key, options.warn)
+        plan = families.plan(model, tensors, key_of=(lambda n: n) if name_based else (lambda n: n + tn.OBJECT_SUFFIX),
+                             h5_of=lambda n: f"{n}:0")
+        extra = families.meta_extra(model, arch, key)
+    else:
+        plan = tn.plan_write(model)
+        extra = None
     for o in plan.outs:
         o.stored_dtype = _stored_dtype(o.tensor.dtype)
     by_tensor = {id(o.tensor): o for o in plan.outs}
-    bookkeeping = [
-        (tn.OBJECT_GRAPH_KEY, object_graph(plan)),
-        (tn.META_KEY, tn.meta_record(plan, lambda o: o.ckpt_key)),
+    bookkeeping = [] if name_based else [(tn.OBJECT_GRAPH_KEY, object_graph(plan))]
+    bookkeeping.append((tn.META_KEY, tn.meta_record(plan, lambda o: o.ckpt_key, extra)))
+    if not name_based:
         # tf.train.Checkpoint.save() writes one; with it, restore(...).assert_existing_objects_matched() passes
-        (SAVE_COUNTER + tn.OBJECT_SUFFIX, np.int64(1)),
-    ]
+        bookkeeping.append((SAVE_COUNTER + tn.OBJECT_SUFFIX, np.int64(1)))
     max_bytes = parse_size(options.extra.get("max_shard_size") or DEFAULT_SHARD, option="--max-shard-size")
     groups = shard_tensors([o.tensor for o in plan.outs], max_bytes) if plan.outs else [[]]
 
@@ -290,6 +309,12 @@ class TFCheckpointFormat(Format):
 
     def write(self, model: Model, path: Path, options: WriteOptions) -> list[Path]:
         return write_checkpoint(model, path, options)
+
+    def plan(self, model: Model, path: Path, options: WriteOptions) -> Plan:
+        family = families.checkpoint_layout(model)
+        if family is None:
+            return super().plan(model, path, options)
+        return Plan(self.name, [str(p) for p in self.output_paths(path, options)], families.planned(model, *family, options.warn))
 
 
 @hookimpl

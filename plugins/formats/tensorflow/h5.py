@@ -12,7 +12,9 @@ Names become HF names by the rules in :mod:`tf_names`. Datasets are read when a 
 loaded, not before. Writing produces the Keras 2 / HF layout (``tf_model.h5``), which
 transformers' TF models and ``keras.Model.load_weights`` read, plus a ``_lmconv_metadata``
 dataset (ignored by Keras) with the exact HF names. bf16 and fp8 are stored as f32 (exactly:
-HDF5 has no such types) and restored from the metadata.
+HDF5 has no such types) and restored from the metadata. A model whose family lays itself out for
+Keras (:mod:`families`) is written in that layout instead — Keras 2 h5 or, for a ``.weights.h5``
+target, Keras 3's — and a file in such a layout is read back through the family that claims it.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import numpy as np
 
 from lmconv import dtypes as dt
 from lmconv.errors import InputError, MissingDependencyError, UsageError
-from lmconv.formats import Format, ReadOptions, WriteOptions
+from lmconv.formats import Format, Plan, ReadOptions, WriteOptions
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model
 from lmconv.streaming import iter_loaded
 
+from . import families
 from . import names as tn
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -352,6 +355,10 @@ def read_h5(path: Path, options: ReadOptions) -> Model:
     for t in tn.build_tensors(entries, tn.safe_loader(raw, origin, H5_CORRUPT), origin):
         model.add(t)
     model.metadata["tensorflow"] = {"naming": scheme, "layout": "keras2" if keep_order else "h5-paths"}
+    if scheme == "verbatim" or (scheme == "lmconv" and meta and meta.get("family")):
+        key = families.claim(model, "h5", meta=meta, ordered=keep_order, options=options, origin=origin)
+        if key is not None:
+            model.metadata["tensorflow"]["naming"] = f"{key} layout of {model.architecture or 'a family'}"
     return model
 
 
@@ -366,6 +373,9 @@ def _layer_of(weight_name: str) -> str:
 def write_h5(model: Model, path: Path, options: WriteOptions) -> list[Path]:
 
     name = path.name.lower()
+    family = families.write_layout(model, "h5.weights" if name.endswith(".weights.h5") else "h5")
+    if family is not None and not name.endswith(".keras"):
+        return write_family_h5(model, path, options, *family)
     if name.endswith((".keras", ".weights.h5")):
         raise UsageError(
             f"{path.name}: Keras 3 .keras/.weights.h5 files need the model's Keras layer graph, which a weights "
@@ -395,6 +405,48 @@ def write_h5(model: Model, path: Path, options: WriteOptions) -> list[Path]:
     return [path]
 
 
+def _stored(d: dt.DType) -> dt.DType:
+    return dt.F32 if d.name == "bf16" or d.name.startswith("f8_") else d  # HDF5 has neither: widened, exactly
+
+
+def write_family_h5(model: Model, path: Path, options: WriteOptions, arch: Any, key: str) -> list[Path]:
+    """A family's own Keras layout (:mod:`families`): ``h5`` as Keras 2 ``save_weights`` writes it (a
+    group per layer, the first name component, with ``weight_names``), ``h5.weights`` as Keras 3 does
+    (datasets at the variables' paths, e.g. ``layers/lstm/cell/vars/0``)."""
+    h5py = _h5py()
+    tensors = families.target_tensors(model, arch, key, options.warn)
+    keras2 = key == "h5"
+    plan = families.plan(model, tensors, key_of=lambda n: n, h5_of=lambda n: f"{n}:0")
+    for o in plan.outs:
+        o.stored_dtype = _stored(o.tensor.dtype)
+    by_tensor = {id(o.tensor): o for o in plan.outs}
+    with h5py.File(path, "w") as f:
+        if keras2:
+            groups: dict[str, list[str]] = {}
+            for o in plan.outs:
+                groups.setdefault(o.tensor.name.split("/")[0], []).append(o.h5_name)
+            f.attrs["backend"] = b"tensorflow"
+            f.attrs["keras_version"] = KERAS_VERSION.encode()
+            _save_attr_list(f, "layer_names", list(groups))
+            for g, weight_names in groups.items():
+                _save_attr_list(f.create_group(g), "weight_names", weight_names)
+        else:
+            f.create_group("vars")
+        for t, arr in iter_loaded([o.tensor for o in plan.outs]):
+            o = by_tensor[id(t)]
+            if keras2:
+                f[o.tensor.name.split("/")[0]].create_dataset(o.h5_name, data=tn.tf_array(o, arr))
+            else:
+                f.create_dataset(o.tensor.name, data=tn.tf_array(o, arr))
+            options.progress(t.nbytes)
+            del arr
+            t.release()
+        record = tn.meta_record(plan, (lambda o: o.h5_name) if keras2 else (lambda o: o.tensor.name),
+                                families.meta_extra(model, arch, key))
+        f.create_dataset(tn.META_KEY, data=record.decode("utf-8"), dtype=h5py.string_dtype())
+    return [path]
+
+
 class KerasH5Format(Format):
     name = "h5"
     extensions = (".h5", ".keras", ".weights.h5")
@@ -410,6 +462,13 @@ class KerasH5Format(Format):
 
     def write(self, model: Model, path: Path, options: WriteOptions) -> list[Path]:
         return write_h5(model, path, options)
+
+    def plan(self, model: Model, path: Path, options: WriteOptions) -> Plan:
+        name = path.name.lower()
+        family = families.write_layout(model, "h5.weights" if name.endswith(".weights.h5") else "h5")
+        if family is None or name.endswith(".keras"):
+            return super().plan(model, path, options)
+        return Plan(self.name, [str(path)], families.planned(model, *family, options.warn))
 
 
 @hookimpl

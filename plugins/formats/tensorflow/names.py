@@ -576,8 +576,9 @@ def plan_write(model: Model) -> WritePlan:
     return plan
 
 
-def meta_record(plan: WritePlan, key_of: Callable[[Out], str]) -> bytes:
-    """The ``_lmconv_metadata`` JSON: exact names, ties and original dtypes."""
+def meta_record(plan: WritePlan, key_of: Callable[[Out], str], extra: dict[str, Any] | None = None) -> bytes:
+    """The ``_lmconv_metadata`` JSON: exact names, ties and original dtypes (and ``extra`` keys: a
+    family's name, layout and config, see :mod:`families`)."""
     recs = []
     for o in plan.outs:
         rec: dict[str, Any] = {"key": key_of(o), "name": o.tensor.name, "shape": list(o.tensor.shape)}
@@ -588,7 +589,7 @@ def meta_record(plan: WritePlan, key_of: Callable[[Out], str]) -> bytes:
         if o.stored_dtype is not None and o.stored_dtype != o.tensor.dtype:
             rec["dtype"] = o.tensor.dtype.name
         recs.append(rec)
-    meta = {"version": META_VERSION, "writer": "lmconv", "architecture": plan.architecture, "tensors": recs}
+    meta = {"version": META_VERSION, "writer": "lmconv", "architecture": plan.architecture, **(extra or {}), "tensors": recs}
     return json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
