@@ -405,3 +405,24 @@ def gru_sequence(x: Array, w_ih: Array, w_hh: Array, b_ih: Array | None = None, 
         out[t] = h
     return out
 
+
+# =========================================================================== attention sinks, clamped SwiGLU
+def sink_attention(q: Array, k: Array, v: Array, scale: float, allowed: Array, sinks: Array) -> Array:
+    """:func:`attention` with a learned sink logit per query head (``sinks [h]``): it joins each row's
+    softmax as one more column, which is then dropped, so a row's weights may sum to less than 1."""
+    rep = q.shape[0] // k.shape[0]
+    k, v = repeat_kv(k, rep), repeat_kv(v, rep)
+    scores = np.where(allowed[None], (q @ k.transpose(0, 2, 1)) * scale, -np.inf)
+    sink = np.broadcast_to(sinks.astype(scores.dtype).reshape(-1, 1, 1), (*scores.shape[:2], 1))
+    probs = softmax(np.concatenate([scores, sink], axis=-1))[..., :-1]
+    out = probs @ v
+    h, n, d = out.shape
+    return out.transpose(1, 0, 2).reshape(n, h * d)
+
+
+def clamped_swiglu(gate: Array, up: Array, alpha: float, limit: float) -> Array:
+    """A SwiGLU with clamped inputs and a sigmoid gain: the gate clamped above at ``limit``, ``up`` to
+    ``[-limit, limit]``, then ``(up + 1) · gate · σ(alpha · gate)``."""
+    gate = np.minimum(gate, gate.dtype.type(limit))
+    up = np.clip(up, -up.dtype.type(limit), up.dtype.type(limit))
+    return (up + 1) * (gate / (1 + np.exp(-gate.dtype.type(alpha) * gate)))

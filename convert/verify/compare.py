@@ -91,6 +91,32 @@ def _stored_layout_fn(model: Model, t: Tensor) -> Callable[[np.ndarray], np.ndar
     return lambda x: rule.forward([x], cfg)[0]
 
 
+def _stored_parts_fn(model: Model, t: Tensor) -> tuple[Callable[[np.ndarray], list[np.ndarray]], tuple[Tensor, ...]] | None:
+    """HF layout → the several tensors ``t``'s file stores it as (a fused HF tensor a reader made
+    from two stored ones), by the rule its reader undid; with those stored tensors."""
+    d = t.derivation
+    if d is None or d.outputs != 1 or len(d.inputs) < 2:
+        return None
+    rule, cfg = d.rule, model.config
+    return (lambda x: list(rule.forward([x], cfg))), d.inputs
+
+
+def _merge(accs: Sequence[_Acc], sizes: Sequence[int]) -> _Acc:
+    """One accumulator for several compared parts, positions counted through the parts in order."""
+    out, base = _Acc(), 0
+    for acc, size in zip(accs, sizes):
+        for f in ("n", "sum_d2", "sum_a2", "sum_b2", "dot", "exceed", "sum_t2", "nonfinite_bad"):
+            setattr(out, f, getattr(out, f) + getattr(acc, f))
+        if acc.max_d_at >= 0 and (acc.max_d > out.max_d or out.max_d_at < 0):
+            out.max_d, out.max_d_at = acc.max_d, base + acc.max_d_at
+        if acc.ratio_at >= 0 and acc.max_ratio > out.max_ratio:
+            out.max_ratio, out.ratio_at = acc.max_ratio, base + acc.ratio_at
+        if acc.first_bad >= 0 and out.first_bad < 0:
+            out.first_bad = base + acc.first_bad
+        base += size
+    return out
+
+
 def _block_layout_fn(model: Model, name: str) -> tuple[Callable[[np.ndarray], np.ndarray], str] | None:
     """HF layout → the layout in which a format that stores blocks would have quantised ``name``
     (by the family's one-to-one rule there), and that format's name."""
@@ -225,7 +251,10 @@ def compare_tensors(
 
     quant_steps = any(s.startswith("quant:") for s in steps) or sb.dtype.is_quantized
     layout = "hf"
+    parts = _stored_parts_fn(model_b, tb) if quant_steps and sb is tb else None
     try:
+        if parts is not None and _compare_parts(ta, parts, bound, res, model_b.format):
+            return res
         if sb is not tb and (sb.dtype.is_quantized or quant_steps):
             # B as its file stores it; A brought into that layout, so that blocks run where they were quantised.
             b = _values(sb)
@@ -257,6 +286,35 @@ def compare_tensors(
         shape = a.shape
     finally:
         _release(ta, tb, sa if sa is not ta else None, sb if sb is not tb else None)
+    _finish(res, acc, bound, shape, layout, sa.dtype == sb.dtype)
+    return res
+
+
+def _compare_parts(ta: Tensor, parts: tuple[Callable[[np.ndarray], list[np.ndarray]], tuple[Tensor, ...]],
+                   bound: Bound | None, res: TensorResult, fmt: str) -> bool:
+    """Compare A, split into the tensors B's file stores, part by part (each quantised where it was);
+    False when the split does not give those tensors' shapes (then the HF layouts are compared)."""
+    fn, inputs = parts
+    a_parts = fn(_values(ta))
+    if len(a_parts) != len(inputs) or any(tuple(a.shape) != tuple(i.shape) for a, i in zip(a_parts, inputs)):
+        return False
+    accs, sizes, bitwise = [], [], True
+    for a, stored_t in zip(a_parts, inputs):
+        b = _values(stored_t)
+        bitwise = bitwise and a.dtype == b.dtype and bool(np.array_equal(a, b))
+        accs.append(_compare_arrays(a, b, bound))
+        sizes.append(a.size)
+        stored_t.release()
+    res.layout, res.bitwise = fmt, bitwise
+    _finish(res, _merge(accs, sizes), bound, (sum(sizes),), fmt, False)
+    if res.detail:
+        res.detail = f"index through {fmt}'s {len(inputs)} stored tensors, in order"
+    return True
+
+
+def _finish(res: TensorResult, acc: _Acc, bound: Bound | None, shape: tuple[int, ...], layout: str,
+            same_dtype: bool) -> None:
+    """Fill ``res`` from the accumulated figures."""
 
     res.n_nonfinite_mismatch = acc.nonfinite_bad
     res.exact = acc.nonfinite_bad == 0 and acc.sum_d2 == 0.0 and acc.max_d == 0.0
@@ -289,7 +347,7 @@ def compare_tensors(
     elif bound is None:
         if not res.exact:
             res.status, res.ok = "differs", False
-        elif sa.dtype == sb.dtype and res.bitwise is False:
+        elif same_dtype and res.bitwise is False:
             res.status, res.ok = "differs", False
             res.detail = "same values, different bits (signed zeros or NaN payloads)"
         else:
@@ -299,5 +357,4 @@ def compare_tensors(
             res.status, res.ok = "exceeds", False
         else:
             res.status = "exact" if res.exact else "within"
-    return res
 
