@@ -199,6 +199,8 @@ class Architecture:
     recognition_priority: int = 0
     #: config keys beyond ``required_ints`` that a model's tensors cannot tell and that matter
     recognition_needs: tuple[str, ...] = ()
+    #: config keys beyond the common ones (sizes, heads, vocabulary) that ``inspect`` shows for this family
+    summary_keys: tuple[str, ...] = ()
     #: the plugin that registered it (set by the registry)
     plugin: str = ""
 

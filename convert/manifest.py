@@ -65,7 +65,8 @@ def manifest(model: Model) -> dict[str, Any]:
         "format": model.format,
         "architecture": model.architecture,
         "family": family.name if family is not None else None,
-        "config": {k: model.config[k] for k in CONFIG_SUMMARY_KEYS if k in model.config},
+        "config": {k: model.config[k] for k in (*CONFIG_SUMMARY_KEYS, *(family.summary_keys if family else ()))
+                   if k in model.config},
         "tokenizer": tokenizer_summary(model),
         "metadata": meta,
         "tensors": tensors,

@@ -110,6 +110,7 @@ class MambaArchitecture(Architecture):
     hf_embedding = "backbone.embeddings.weight"
     required_ints = ("num_hidden_layers", "hidden_size", "vocab_size")
     optional_ints = ("state_size", "conv_kernel", "intermediate_size", "expand")
+    summary_keys = ("state_size", "conv_kernel", "expand", "time_step_rank")
 
     # ---- config ------------------------------------------------------------------------
     def inner(self, config: Config) -> int:

@@ -709,6 +709,7 @@ class RNNArchitecture(Architecture):
     hf_embedding = ENC
     hf_output = DEC_W
     required_ints = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers")
+    summary_keys = ("rnn_type", "embedding_size", "bidirectional", "proj_size")
 
     # ---- config ------------------------------------------------------------------------
     def check_consistency(self, config: Config, origin: str | None) -> None:

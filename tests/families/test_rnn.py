@@ -370,6 +370,7 @@ def test_verify_logits_runs_the_family_forward(lstm: dict[str, Any], tmp_path: P
     shown = capsys.readouterr().out
     assert "family: rnn" in shown and "architecture: RNNLanguageModel" in shown
     assert "hidden_size=24" in shown and "num_hidden_layers=2" in shown and f"vocab_size={N_VOCAB}" in shown
+    assert "rnn_type=LSTM" in shown and "embedding_size=" in shown  # the family's own summary keys
 
 
 # ============================================================================ what cannot be exact
