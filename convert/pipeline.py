@@ -261,6 +261,10 @@ def convert(
 
     model = read_model(src_path, config=config, tokenizer=tokenizer, warn=_warn, extra=extra)
     on_model(model)
+    if quant:  # weights an encoding decoded were quantised already: say so, as for block types
+        for enc in model.metadata.get("encodings", []):
+            _warn(f"re-quantising {enc['tensors']} weights decoded from {enc['encoding']} ({enc['detail']}) → {quant} "
+                  f"compounds quantisation error")
     prepared = guard_non_finite(fmt_out.prepare(model, wopts), strict=bool(wopts.extra.get("strict")), warn=_warn)
     if dry_run:
         plan = fmt_out.plan(prepared, dst_path, wopts)

@@ -19,6 +19,7 @@ def inspect_cmd(
 ) -> None:
     import json
 
+    from ..encodings import describe_encodings
     from ..manifest import manifest
     from ..pipeline import read_model
 
@@ -32,6 +33,7 @@ def inspect_cmd(
            f"family: {man['family'] or 'unknown'}"]
     if man["config"]:
         out.append("config: " + ", ".join(f"{k}={v}" for k, v in man["config"].items()))
+    out.extend(f"encoding: {line}" for line in describe_encodings(model))
     if man["tokenizer"]:
         out.append("tokenizer: " + ", ".join(f"{k}={v}" for k, v in man["tokenizer"].items() if v not in (None, [], "")))
     for section, values in man["metadata"].items():  # what the format keeps besides config and tokenizer

@@ -1,0 +1,1 @@
+"""Helpers of tests/test_encodings.py: already-quantised checkpoints and their reference dequantisations."""
