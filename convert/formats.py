@@ -97,6 +97,10 @@ class Format:
     is_directory: bool = False
     #: can this format hold quantised block types as they are?
     stores_quantized: bool = False
+    #: can it hold a LoRA adapter (a model of low-rank factor pairs, :mod:`lmconv.adapters`)? Only
+    #: these are given one; ``adapters_only`` when it holds nothing else (no model)
+    stores_adapters: bool = False
+    adapters_only: bool = False
     #: plain dtypes it can store (names); None means every plain dtype
     stores_dtypes: frozenset[str] | None = None
     can_read: bool = True

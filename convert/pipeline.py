@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import dtypes as dt
+from .adapters import output_format as adapter_output_format
 from .atomic import Staging, describe_os_error
 from .companions import attach_companions, attach_tokenizer, companion_files, write_companions
 from .encodings import decode_encodings
@@ -227,11 +228,13 @@ def convert(
     progress: Callable[[int], None] = lambda n: None,
     warn: Callable[[str], None] = lambda m: None,
     on_model: Callable[[Model], None] = lambda m: None,
+    transform: Callable[[Model], Model] | None = None,
 ) -> ConversionResult:
     """Convert ``src`` to ``dst``. Raises :class:`LmconvError` subclasses for every user error.
 
     ``dry_run`` reads and plans everything (names, layouts, types, companions) and writes nothing:
-    the result's ``plan`` says what would have been written."""
+    the result's ``plan`` says what would have been written. ``transform`` turns the model read from
+    ``src`` into the one to write (``lmconv merge`` applies an adapter this way)."""
     warnings: list[str] = []
 
     def _warn(msg: str) -> None:
@@ -260,6 +263,9 @@ def convert(
         raise OutputError("already exists; pass --force to replace it", path=existing[0])
 
     model = read_model(src_path, config=config, tokenizer=tokenizer, warn=_warn, extra=extra)
+    if transform is not None:
+        model = transform(model)
+    fmt_out = adapter_output_format(model, fmt_out, explicit=bool(to))  # an adapter goes where adapters can
     on_model(model)
     if quant:  # weights an encoding decoded were quantised already: say so, as for block types
         for enc in model.metadata.get("encodings", []):

@@ -30,8 +30,10 @@ KNOWN_FAILURES: dict[str, dict[str, str]] = {}
 def _builtin_formats() -> list[str]:
     reg = get_registry()
     modules = {p.name: p.module for p in reg.plugins}
+    # a format that holds LoRA adapters only (peft) is no model container: tests/test_lora.py checks it
     return sorted(n for n, f in reg.formats.items()
-                  if modules.get(getattr(f, "plugin", ""), "").startswith("lmconv.plugins."))
+                  if modules.get(getattr(f, "plugin", ""), "").startswith("lmconv.plugins.")
+                  and not getattr(f, "adapters_only", False))
 
 
 BUILTINS = _builtin_formats()

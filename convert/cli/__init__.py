@@ -1,6 +1,6 @@
 """The ``lmconv`` command.
 
-``lmconv SRC DST [options]`` converts; ``lmconv inspect|formats|plugins|families|verify|roundtrip``
+``lmconv SRC DST [options]`` converts; ``lmconv inspect|formats|plugins|families|verify|roundtrip|merge``
 are sub-commands. A first argument that names a sub-command is one; anything else is a source
 path. The ``convert`` command carries the options the installed plugins declare
 (:mod:`lmconv.options`), so it is built when it runs (:mod:`.convert_command`).
@@ -15,12 +15,12 @@ from typing import Any
 
 import typer
 
-from . import listing, verify_commands  # noqa: F401 - their commands register on the app
+from . import listing, merge_command, verify_commands  # noqa: F401 - their commands register on the app
 from .app import ClickException, _err, app
 from .convert_command import install_convert_command
 from .listing import inspect_cmd
 
-COMMANDS = {"convert", "inspect", "formats", "plugins", "families", "verify", "roundtrip"}
+COMMANDS = {"convert", "inspect", "formats", "plugins", "families", "verify", "roundtrip", "merge"}
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:

@@ -65,18 +65,31 @@ def verify_cmd(
     logits: Annotated[bool, typer.Option("--logits", help="Also run both models and compare their logits.")] = False,
     text: Annotated[Optional[str], typer.Option("--text", help="Text to tokenise for --logits (default: fixed token ids).")] = None,
     runtime: Annotated[str, typer.Option("--runtime", help="numpy (reference forward) or llama.cpp (for GGUF files).")] = "numpy",
+    base: Annotated[Optional[str], typer.Option("--base", help="LoRA adapters: their base model (needed for a GGUF adapter that lmconv did not write).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the one-line summary.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
-    from ..errors import VerificationError
+    from ..adapters import is_adapter
+    from ..errors import UsageError, VerificationError
     from ..pipeline import read_model
     from ..verify import verify_models
 
     _state["quiet"] = quiet
-    model_a = read_model(a, warn=_warn)
-    model_b = read_model(b, warn=_warn)
-    report = verify_models(model_a, model_b, policy=policy, atol=atol, rtol=rtol, logits=logits or text is not None,
-                           text=text, runtime=runtime)
+    extra = {"base": base} if base else None
+    model_a = read_model(a, warn=_warn, extra=extra)
+    model_b = read_model(b, warn=_warn, extra=extra)
+    if is_adapter(model_a) or is_adapter(model_b):  # two adapters: compared by the change each makes
+        from ..verify.adapters import verify_adapters
+
+        if not (is_adapter(model_a) and is_adapter(model_b)):
+            raise UsageError(f"{a if is_adapter(model_a) else b} is a LoRA adapter and the other is not: compare two "
+                             "adapters, or merge it first (lmconv merge BASE ADAPTER DST)")
+        if logits or text is not None or policy:
+            raise UsageError("two LoRA adapters are compared by their deltas; --logits and --policy apply to models")
+        report = verify_adapters(model_a, model_b, atol=atol, rtol=rtol)
+    else:
+        report = verify_models(model_a, model_b, policy=policy, atol=atol, rtol=rtol, logits=logits or text is not None,
+                               text=text, runtime=runtime)
     if as_json:
         sys.stdout.write(report.to_json() + "\n")
     elif not quiet:

@@ -23,6 +23,7 @@ from gguf import GGUFValueType as T
 from gguf.gguf_writer import WriterState
 
 from lmconv import dtypes as dt
+from lmconv.adapters import is_adapter
 from lmconv.errors import InputError, UsageError
 from lmconv.formats import Format, Plan, PlannedTensor, ReadOptions, WriteOptions
 from lmconv.hookspecs import hookimpl
@@ -35,6 +36,7 @@ from lmconv.streaming import iter_pieces, write_array
 from lmconv.bridges import TokenizerBridge
 from lmconv.units import parse_size
 
+from . import adapter as lora
 from . import types as gtypes
 from .checks import check_architecture, check_tokenizer, int_of, type_name
 from .ggml_types import declare_block_types, dtype_of, ggml_type
@@ -429,6 +431,8 @@ def read_gguf(path: Path, options: ReadOptions) -> Model:
                 raise InputError(f"tensor name {rt.name!r} appears twice (in two parts of the split)", path=p)
             seen.add(rt.name)
             raw.append(_tensor_of(rt, p, reader.mm))
+    if lora.is_adapter_file(kv):  # a LoRA adapter (general.type = adapter): see adapter.py
+        return lora.read_adapter(path, kv, types, raw, options)
 
     reg = get_registry()
     arch_name = kv.get("general.architecture")
@@ -536,6 +540,7 @@ class GGUFFormat(Format):
     stores_quantized = True
     stores_dtypes = frozenset({"f64", "f32", "f16", "bf16", "i8", "i16", "i32", "i64"})
     self_describing = True
+    stores_adapters = True  # llama.cpp's LoRA adapters (adapter.py)
 
     def sniff(self, path: Path) -> bool:
         if not path.is_file():
@@ -549,6 +554,8 @@ class GGUFFormat(Format):
     def prepare(self, model: Model, options: WriteOptions) -> Model:
         """Stop before writing a GGUF llama.cpp cannot run, saying what is missing (``--generic`` writes
         it anyway). The writer picks a type per tensor itself (see types.py)."""
+        if is_adapter(model):
+            return model
         if not options.extra.get("generic"):
             problem = dead_end(model)
             if problem:
@@ -556,9 +563,13 @@ class GGUFFormat(Format):
         return model
 
     def write(self, model: Model, path: Path, options: WriteOptions) -> list[Path]:
+        if is_adapter(model):
+            return lora.write_adapter(model, path, options)
         return write_gguf(model, path, options)
 
     def plan(self, model: Model, path: Path, options: WriteOptions) -> Plan:
+        if is_adapter(model):
+            return lora.plan_adapter(model, path, options)
         planned = plan_gguf(model, options)
         tensors = [PlannedTensor(t.name, t.shape, t.dtype.name, t.nbytes) for t in planned.tensors]
         notes = [f"general.architecture = {planned.arch_name}"]
@@ -576,6 +587,7 @@ def register_formats(register: Any) -> None:
 @hookimpl
 def register_options(register: Any) -> None:
     register(GENERIC)
+    register(lora.BASE)
     register(Option("--split-max-size", str, "GGUF: split the output into files of at most this size (e.g. 2G, 500M).",
                     metavar="SIZE", parse=lambda v: parse_size(v, option="--split-max-size")))
     register(Option("--pre-tokenizer", str, "GGUF: llama.cpp's pre-tokenizer name, when lmconv cannot identify it.",
