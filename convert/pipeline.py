@@ -7,6 +7,7 @@ call :func:`convert` and :func:`read_model`.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -147,11 +148,43 @@ def guard_non_finite(model: Model, *, strict: bool, warn: Callable[[str], None])
     into place.
     """
     def report(t: Tensor, arr: np.ndarray) -> None:
-        n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        report_counts(t, int(np.isnan(arr).sum()), int(np.isinf(arr).sum()))
+
+    def report_counts(t: Tensor, n_nan: int, n_inf: int) -> None:
         msg = f"tensor {t.name!r} holds {n_nan} NaN and {n_inf} Inf values"
         if strict:
             raise InputError(f"{msg}; --strict refuses to convert it", path=t.origin or model.source or None)
         warn(msg)
+
+    def checked_rows(t: Tensor, fn: Callable[[np.ndarray], np.ndarray], source: Tensor) -> Tensor:
+        """Floats computed row by row from a source that is not (blocks, a stored encoding): each
+        chunk of rows is checked as it is computed, so the tensor still streams, and the counts are
+        reported once every row has been seen."""
+        src_shape = source.dtype.storage_shape(source.shape)
+        total = int(np.prod(src_shape[:-1], dtype=np.int64)) if len(src_shape) > 1 else 1
+        lock = threading.Lock()
+        seen = {"rows": 0, "nan": 0, "inf": 0}
+
+        def check(chunk: np.ndarray) -> np.ndarray:
+            out = fn(chunk)
+            n_rows = int(np.prod(chunk.shape[:-1], dtype=np.int64)) if chunk.ndim > 1 else 1
+            bad = not all_finite(out)
+            with lock:
+                if bad:
+                    seen["nan"] += int(np.isnan(out).sum())
+                    seen["inf"] += int(np.isinf(out).sum())
+                seen["rows"] += n_rows
+                done = seen["rows"] >= total
+                counts = (seen["nan"], seen["inf"])
+                if done:
+                    seen.update(rows=0, nan=0, inf=0)
+            if done and (counts[0] or counts[1]):
+                report_counts(t, *counts)
+            return out
+
+        new = source.map(check, shape=t.shape, dtype=t.dtype, rows=True)
+        new.name, new.aliases, new.history, new.origin, new.derivation = t.name, t.aliases, t.history, t.origin, t.derivation
+        return new
 
     def wrap(t: Tensor) -> Tensor:
         d = t.derivation
@@ -179,6 +212,8 @@ def guard_non_finite(model: Model, *, strict: bool, warn: Callable[[str], None])
         # A cast or quantisation of a float source is checked on its source, so that the check
         # stays inside the row-chunked work (and counts what the file holds, before any cast).
         at_source = rs is not None and rs[1].dtype.is_float
+        if rs is not None and not at_source:
+            return checked_rows(t, *rs)
 
         def checked(inner: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
             def load() -> np.ndarray:
