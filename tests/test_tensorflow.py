@@ -270,7 +270,8 @@ def test_real_keras_files_read_and_keras_loads_our_h5(tf: Any, tmp_path: Path) -
     def make() -> Any:
         return keras.Sequential([
             keras.Input((4,)), keras.layers.Embedding(10, 4, name="emb"), keras.layers.LayerNormalization(name="ln"),
-            keras.layers.Dense(3, name="d1"), keras.layers.Dense(2, use_bias=False, name="dense")])
+            keras.layers.Dense(3, name="d1"), keras.layers.Dense(2, use_bias=False, name="dense")],
+            name="sequential")  # fixed: Keras numbers unnamed models per process, and other tests make some
 
     model = make()
     model.save(tmp_path / "m.keras")
