@@ -223,14 +223,9 @@ def _fmt_coef(x: float) -> str:
     return f"{x:.4g}"
 
 
-@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"])
-def test_bounds_hold_on_hostile_data(qtype: str) -> None:
-    """The derived bounds against our (llama.cpp byte-identical) quantisers on awkward data."""
-    from lmconv.registry import get_registry
-
-    q = get_registry().quantizer(qtype)
+def _hostile_rows() -> list[np.ndarray]:
     rng = np.random.default_rng(1)
-    rows = [
+    return [
         rng.standard_normal((8, 1024)),
         rng.laplace(size=(8, 1024)),
         rng.uniform(0, 1, (8, 1024)),  # all positive
@@ -239,13 +234,46 @@ def test_bounds_hold_on_hostile_data(qtype: str) -> None:
         rng.standard_normal((8, 1024)) * 1e-6,  # block scales in f16's subnormal range
         rng.choice([-1.0, 1.0, 0.999, -0.5, 0.0], (8, 1024)),
     ]
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K",
+                                   "iq4_nl", "iq4_xs"])
+def test_bounds_hold_on_hostile_data(qtype: str) -> None:
+    """The derived bounds against our (llama.cpp byte-identical) quantisers on awkward data."""
+    from lmconv.registry import get_registry
+
+    q = get_registry().quantizer(qtype)
     bound = V.bound_for(f"quant:{qtype}")
-    for x in rows:
+    for x in _hostile_rows():
         x = x.astype(np.float32)
         y = q.dequantize(q.quantize(x)).reshape(x.shape).astype(np.float64)
         a = x.astype(np.float64)
         tol = bound.tolerance(np.abs(a)) * V.SLACK
         assert np.all(np.abs(a - y) <= tol), float(np.max(np.abs(a - y) / tol))
+
+
+@pytest.mark.parametrize("qtype", ["q4_0", "q5_0", "q3_K", "q6_K", "iq4_nl", "iq4_xs"])
+def test_bounds_hold_with_hostile_importance_weights(qtype: str) -> None:
+    """With an importance matrix the scale search is weighted: the type's bound plus its declared
+    ``imatrix:TYPE`` allowance (none for the iq4 types, whose derivation holds for any positive
+    weights) must hold for weights spread over decades, concentrated on one column, or near zero."""
+    from lmconv.bounds import declared, sum_bounds
+    from lmconv.registry import get_registry
+
+    q = get_registry().quantizer(qtype)
+    extra = declared(f"imatrix:{qtype}")
+    assert (extra is None) == qtype.startswith("iq")
+    bound = sum_bounds([V.bound_for(f"quant:{qtype}")] + ([extra] if extra is not None else []))
+    rng = np.random.default_rng(7)
+    weights = [np.exp(rng.standard_normal(1024) * 3), np.where(np.arange(1024) % 97 == 0, 1e6, 1e-6),
+               np.full(1024, 1e-30), rng.uniform(0, 1, 1024) ** 8]
+    for w in weights:
+        for x in _hostile_rows():
+            x = x.astype(np.float32)
+            y = q.dequantize(q.quantize(x, imatrix=w.astype(np.float32))).reshape(x.shape).astype(np.float64)
+            a = x.astype(np.float64)
+            tol = bound.tolerance(np.abs(a)) * V.SLACK
+            assert np.all(np.abs(a - y) <= tol), float(np.max(np.abs(a - y) / tol))
 
 
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])

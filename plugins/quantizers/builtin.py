@@ -1,11 +1,17 @@
-"""Registers the quantisers: gguf-py's (byte-identical to llama.cpp), our K-quants, and the presets.
+"""Registers the quantisers: gguf-py's (byte-identical to llama.cpp), our K-quants and i-quants,
+and the presets.
 
-f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1 use ``gguf.quants``; q2_K…q6_K come from
-:mod:`lmconv.plugins.quantizers.kquants` (gguf-py can only dequantise those), and the
-llama-quantize presets (q4_k_m …) from :mod:`lmconv.plugins.quantizers.presets`. Every other
-GGML block type gguf-py can dequantise (the i-quants, q8_K …) is registered read-only, so that
-a GGUF holding it can be turned into floats. Each quantiser states its error bound (see
-docs/verification.md for the derivations), and the llama-quantize options live here too.
+f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1 use ``gguf.quants`` (with an importance matrix, q4_0 … q5_1
+come from :mod:`.legacy`); q2_K…q6_K from :mod:`.kquants` and iq4_nl … iq1_m from :mod:`.iquants`
+(gguf-py can only dequantise those), and the llama-quantize presets (q4_k_m, iq2_xxs …) from
+:mod:`.presets`. Every other GGML block type gguf-py can dequantise (tq1_0, q8_K …) is registered
+read-only, so that a GGUF holding it can be turned into floats. Each quantiser states its error
+bound (see docs/verification.md for the derivations), and the llama-quantize options live here
+too, ``--imatrix`` among them.
+
+Importance weights: a quantiser that can use an importance matrix takes it as the keyword
+``quantize(rows, imatrix=w)`` — ``w`` one float32 weight per column of a row, as ggml's
+``ggml_quantize_chunk`` takes it. Writers pass it when the function accepts that keyword.
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ from typing import Any
 import numpy as np
 from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
 from lmconv import dtypes as dt
-from lmconv.bounds import U16, Bound, block_bound
+from lmconv.bounds import F16_HALF_ULP_MIN, U16, Bound, block_bound, declare
 from lmconv.errors import UsageError
 from lmconv.hookspecs import hookimpl
 from lmconv.options import Option
 from lmconv.quantizers import Preset, Quantizer, TensorChoice
 
+from . import legacy
+from .imatrix import load_imatrix
+from .iquants import IQUANTIZERS
 from .kquants import KQUANTIZERS
 from .presets import PRESETS, choose_tensor_types
 
@@ -58,7 +66,31 @@ BOUNDS: dict[str, Bound] = {
         block_bound("q6_K", 16, 1 / 16, super_coef=1 / 128, scale_levels=32 * 128,
                     why="levels -32..31, step m/32 (search 31.1..32.9): 2 steps = m/16; 8-bit scales: "
                         "32·max_scale/256 ≈ M/249, zeroed sub-blocks m_j < M/242"),
+        block_bound("iq4_nl", 32, 1.004, scale_levels=127,
+                    why="the weighted least-squares scale d is a mean of x_j/q_j over levels |q| >= 1 picked at "
+                        "trial scales near max/127, so |d| <= 7·M/120; an element inside the table is within half "
+                        "its widest gap (12|d| <= 0.7M), one beyond it or with d = 0 keeps its sign and loses at "
+                        "most |x| <= M; f16(d) adds 127·u16·|d|"),
+        block_bound("iq4_xs", 32, 1.001, super_coef=0.016, scale_levels=127 * 32,
+                    why="as iq4_nl per 32 (|scale| <= 7m/120), the scale rounded to a 6-bit multiple of "
+                        "max_scale/32 (<= M/1100 off): inside the table 12|dl| <= 0.7m + 0.011M, beyond it or "
+                        "zeroed at most |x| <= m; f16(d) adds 127·u16·max_scale"),
     )
+}
+
+#: Extra allowance of the types whose search an importance matrix changes, per ``imatrix:TYPE`` step
+#: (recorded in a tensor's history when it was quantised with weights; verification adds it to the
+#: type's bound). Only where it can be derived: the symmetric types, whose levels are re-rounded
+#: (q3_K, q6_K) or searched (q4_0, q5_0) around a weighted least-squares scale that is a positive
+#: mean of x_j/l_j: every element then decodes to the same sign as x and at most the block's
+#: absmax away from it (a zero scale decodes to 0: error |x|). The asymmetric types (q4_1, q5_1,
+#: q2_K, q4_K, q5_K) fit a minimum as well, which weights concentrated on a few elements can
+#: extrapolate arbitrarily: no bound is derived for them with a matrix (their reference bounds held
+#: on realistic matrices, see docs/verification.md).
+IMATRIX_BOUNDS: dict[str, Bound] = {
+    name: declare(Bound(f"imatrix:{name}", blocks=((block, 1.0),), abs=levels * F16_HALF_ULP_MIN,
+                        why="weighted least-squares scale: same sign, at most the block's absmax off"))
+    for name, block, levels in (("q4_0", 32, 8), ("q5_0", 32, 16), ("q3_K", 16, 4 * 32), ("q6_K", 16, 32 * 128))
 }
 
 
@@ -72,7 +104,9 @@ def _gguf_py(name: str) -> Quantizer:
     d = dt.get(name) if name in ("f16", "bf16") else _block_dtype(name)
     qtype = GGMLQuantizationType[name.upper()]
 
-    def quantize(rows: np.ndarray) -> np.ndarray:
+    def quantize(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+        if imatrix is not None and name in legacy.TYPE_SIZES:  # q8_0, f16, bf16: ggml ignores the matrix
+            return legacy.quantize_weighted(name, rows, imatrix)
         out = quants.quantize(np.ascontiguousarray(rows, dtype=np.float32), qtype)
         if d.numpy is not None:  # f16/bf16 come back as uint8/float16 arrays: give the IR's dtype
             out = out.view(d.numpy) if out.dtype != d.numpy else out
@@ -91,18 +125,33 @@ def _kquant(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> Quantizer:
     d = _block_dtype(name)
     qtype = GGMLQuantizationType[name.upper()]
 
-    def quantize(rows: np.ndarray) -> np.ndarray:
+    def quantize(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         flat = rows.reshape(-1, rows.shape[-1])
-        return fn(flat).reshape(d.storage_shape(rows.shape))
+        return fn(flat, imatrix).reshape(d.storage_shape(rows.shape))
 
     return Quantizer(name=name, dtype=d, quantize=quantize, dequantize=lambda b: quants.dequantize(b, qtype),
-                     description="lmconv numpy K-quant, byte-identical to llama.cpp's reference", bound=BOUNDS[name])
+                     description="lmconv numpy K-quant, byte-identical to llama.cpp's (with or without an imatrix)",
+                     bound=BOUNDS.get(name))
+
+
+def _iquant(name: str, fn: Callable[..., np.ndarray]) -> Quantizer:
+    d = _block_dtype(name)
+    qtype = GGMLQuantizationType[name.upper()]
+
+    def quantize(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        flat = rows.reshape(-1, rows.shape[-1])
+        return fn(flat, imatrix).reshape(d.storage_shape(rows.shape))
+
+    return Quantizer(name=name, dtype=d, quantize=quantize, dequantize=lambda b: quants.dequantize(b, qtype),
+                     description="lmconv numpy i-quant, byte-identical to llama.cpp's (with or without an imatrix)",
+                     bound=BOUNDS.get(name))
 
 
 def _read_only() -> list[Quantizer]:
     """Every other GGML block type gguf-py can dequantise, for reading (no bound is documented for them)."""
-    taken = {n.lower() for n in GGUF_PY_TYPES} | {n.lower() for n in KQUANTIZERS}
+    taken = {n.lower() for n in GGUF_PY_TYPES} | {n.lower() for n in KQUANTIZERS} | set(IQUANTIZERS)
     out = []
     for qt in GGMLQuantizationType:
         if qt not in GGML_QUANT_SIZES or qt.name in ("F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"):
@@ -122,6 +171,8 @@ def register_quantizers(register: Any) -> None:
         register(_gguf_py(name))
     for name, fn in KQUANTIZERS.items():
         register(_kquant(name, fn))
+    for name, fn in IQUANTIZERS.items():
+        register(_iquant(name, fn))
     for q in _read_only():
         register(q)
     for preset in PRESETS.values():
@@ -138,6 +189,9 @@ def register_options(register: Any) -> None:
     register(Option("--output-tensor-type", str, "With --quant: the type of output.weight.", metavar="TYPE"))
     register(Option("--token-embedding-type", str, "With --quant: the type of token_embd.weight.", metavar="TYPE"))
     register(Option("--leave-output-tensor", bool, "With --quant: do not quantise output.weight."))
+    register(Option("--imatrix", str, "With --quant: an importance matrix from llama-imatrix (GGUF or legacy .dat), "
+                    "applied as llama-quantize applies it; the 1-2 bit types and iq3_xxs need one.",
+                    metavar="FILE", parse=load_imatrix))
 
 
 def _choose(preset: str, tensors: Sequence[TensorChoice], **context: Any) -> dict[str, str]:

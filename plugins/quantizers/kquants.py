@@ -39,7 +39,8 @@ are laid out as ``gguf.quants.quant_shape_to_byte_shape`` expects.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -251,27 +252,45 @@ def _prepare(rows: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], int]:
     return x.reshape(-1, QK_K), rows.shape[:-1], n // QK_K
 
 
-def _run(rows: np.ndarray, name: str, chunk_fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Quantise ``rows`` chunk by chunk of super-blocks with ``chunk_fn`` → uint8 block bytes."""
-    blocks, lead, nb_row = _prepare(rows)
-    ts = TYPE_SIZES[name]
-    out = np.empty((blocks.shape[0], ts), np.uint8)
+@contextmanager
+def scratch_scope() -> Iterator[None]:
+    """Scratch arrays (:func:`_buf`) for one quantise call on this thread, NaN/overflow warnings off.
+
+    The scratch arrays outlive the call, one set per thread: a conversion quantises a model
+    piece by piece on a few long-lived threads, and fresh megabyte arrays for every piece
+    would page-fault (kernel time) each time glibc returned them to the OS. A nested call
+    (one quantiser using another's routines) gets a set of its own."""
     outer = getattr(_scratch, "pool", None)
-    # The scratch arrays outlive the call, one set per thread: a conversion quantises a model
-    # piece by piece on a few long-lived threads, and fresh megabyte arrays for every piece
-    # would page-fault (kernel time) each time glibc returned them to the OS.
-    if outer is None:  # (a nested call, which nothing makes today, would get its own set)
+    if outer is None:
         _scratch.pool = _scratch.kept = getattr(_scratch, "kept", None) or {}
     else:
         _scratch.pool = {}
     try:
         with np.errstate(all="ignore"):  # overflow/NaN are part of the replayed C arithmetic
-            step = CHUNK_BLOCKS * _CHUNK_FACTOR.get(name, 1)
-            for start in range(0, blocks.shape[0], step):
-                stop = min(start + step, blocks.shape[0])
-                out[start:stop] = chunk_fn(blocks[start:stop])
+            yield
     finally:
         _scratch.pool = outer
+
+
+def _run(rows: np.ndarray, name: str, chunk_fn: Callable[..., np.ndarray], imatrix: np.ndarray | None = None) -> np.ndarray:
+    """Quantise ``rows`` chunk by chunk of super-blocks with ``chunk_fn`` → uint8 block bytes.
+
+    With an importance matrix (``imatrix``: one weight per column of a row, as ggml takes it)
+    ``chunk_fn(blocks, qw)`` gets the weights of each block's columns too."""
+    blocks, lead, nb_row = _prepare(rows)
+    qw_all = None
+    if imatrix is not None:
+        qw_all = check_imatrix(imatrix, nb_row * QK_K).reshape(nb_row, QK_K)
+    ts = TYPE_SIZES[name]
+    out = np.empty((blocks.shape[0], ts), np.uint8)
+    with scratch_scope():
+        step = CHUNK_BLOCKS * _CHUNK_FACTOR.get(name, 1)
+        for start in range(0, blocks.shape[0], step):
+            stop = min(start + step, blocks.shape[0])
+            if qw_all is None:
+                out[start:stop] = chunk_fn(blocks[start:stop])
+            else:
+                out[start:stop] = chunk_fn(blocks[start:stop], qw_all[np.arange(start, stop) % nb_row])
     return out.reshape(*lead, nb_row * ts)
 
 
@@ -296,8 +315,16 @@ def _make_qkx2(
     if nan0.any():
         xmin[nan0] = x[0, nan0]
         mx[nan0] = x[0, nan0]
+    # a zero extreme keeps the sign of the first zero (C replaces min/max only when strictly beyond):
+    # it shows when the minimum is stored as it is (q4_1/q5_1's m with an importance matrix)
+    for ext in (xmin, mx):
+        zero = ext == 0
+        if zero.any():
+            cols = np.flatnonzero(zero)
+            first = np.argmax(x[:, cols] == 0, axis=0)
+            ext[cols] = x[first, cols]
     x_has_nan = bool(np.isnan(np.add.reduce(x, axis=0)).any())  # NaN elements escape min/max bounds
-    mn = np.minimum(xmin, _ZERO)  # if (min > 0) min = 0
+    mn = np.where(xmin > 0, _ZERO, xmin)  # if (min > 0) min = 0
     sum_w = _seqsum(w, from_zero=False)  # float sum_w = weights[0]; ...
     tmp = _buf("qkx2.tmp", x)
     sum_x = _seqsum(np.multiply(w, x, out=tmp), from_zero=False)  # float sum_x = sum_w * x[0]; ...
@@ -416,16 +443,17 @@ def _abs_max_exact(x: np.ndarray, scratch: bool = False) -> tuple[np.ndarray, np
     return amax, np.where(amax > 0, mx, _ZERO), has_nan
 
 
-def _make_qx_rmse1(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)`` over an element-major chunk.
+def _make_qx_rmse1(x: np.ndarray, nmax: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_qx_quants(n, nmax, x, L, rmse_type=1, weights)`` over an element-major chunk.
 
     Symmetric levels ``-nmax..nmax-1``; tries 19 inverse scales around ``nmax/max``
-    and keeps the best x²-weighted least-squares fit. Returns ``(scale, L+nmax, amax)``.
+    and keeps the best weighted least-squares fit (weights x² when none are given).
+    Returns ``(scale, L+nmax, amax)``.
     """
     amax, mx, has_nan = _abs_max(x, scratch=True)
     zero = amax < _GROUP_MAX_EPS
     mxs = np.where(zero, _f32(1), mx)
-    w = np.multiply(x, x, out=_buf("qx.w", x))
+    w = np.multiply(x, x, out=_buf("qx.w", x)) if weights is None else weights
     wx = np.multiply(w, x, out=_buf("qx.wx", x))
     fmax = _f32(nmax)
     lev = _buf("qx.lev", x)
@@ -607,12 +635,113 @@ def _make_q3(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return scale, lev, amax
 
 
+# --------------------------------------------------------------------------- importance weights
+
+
+def check_imatrix(imatrix: np.ndarray, n: int) -> np.ndarray:
+    """The importance matrix of one row of ``n`` columns, as float32 (ValueError for another size)."""
+    w = np.ascontiguousarray(imatrix, dtype=_f32).reshape(-1)
+    if w.size != n:
+        raise ValueError(f"the importance matrix has {w.size} values for rows of {n}")
+    return w
+
+
+def _block_sumsq(blocks: np.ndarray) -> np.ndarray:
+    """``float s = 0; for (j) s += x[j]*x[j];`` over each row of ``blocks`` ``(B, n)``, in C's order."""
+    t = _buf("sumsq", (blocks.shape[1], blocks.shape[0]))
+    np.copyto(t, blocks.T)
+    np.multiply(t, t, out=t)
+    return _seqsum(t)
+
+
+def _element_major_as(a: np.ndarray, n: int, key: str) -> np.ndarray:
+    """:func:`_element_major` into another scratch array (for weights next to the data)."""
+    src = a.reshape(-1, n).T
+    out = _buf(key, src.shape)
+    np.copyto(out, src)
+    return out
+
+
+def _imatrix_weights(x: np.ndarray, qw: np.ndarray, sigma2: np.ndarray, key: str = "w") -> np.ndarray:
+    """``weight[i] = qw[i] * sqrtf(sigma2 + x[i]*x[i])`` (element-major; ``sigma2`` per column)."""
+    w = np.multiply(x, x, out=_buf(key, x))
+    w += sigma2
+    np.sqrt(w, out=w)
+    w *= qw
+    return w
+
+
+def _make_qp(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """``make_qp_quants(n, nmax, x, L, w)`` over an element-major ``(n, S)``: levels ``0..nmax`` for
+    non-negative ``x`` (the scales and mins of a super-block), a 9-step scale search by weighted
+    squared error, then up to five passes of coordinate descent in element order. Returns
+    ``(scale, L)``, ``L`` int32 holding what C stores in its ``uint8_t`` array."""
+    x = np.ascontiguousarray(x, dtype=_f32)
+    w = np.ascontiguousarray(w, dtype=_f32)
+    n = x.shape[0]
+    fn = _f32(nmax)
+    with np.errstate(all="ignore"):
+        mx = np.maximum(np.max(x, axis=0), _ZERO)  # max = MAX(max, x[i]) from 0
+        zero = mx < _GROUP_MAX_EPS
+        mxs = np.where(zero, _f32(1), mx)
+        iscale = fn / mxs
+        lev = (_nearest_int(iscale * x) & 0xFF).astype(_f32)  # stored as uint8_t
+        diff = x - (_f32(1) / iscale) * lev
+        best_mse = _seqsum((w * diff) * diff)
+        best_iscale = iscale
+        for step in (-4, -3, -2, -1, 1, 2, 3, 4):
+            isc = (_f32(0.1) * _f32(step) + fn) / mxs
+            lv = np.minimum(_nearest_int(isc * x), nmax).astype(_f32)
+            diff = x - (_f32(1) / isc) * lv
+            mse = _seqsum((w * diff) * diff)
+            better = mse < best_mse
+            best_mse = np.where(better, mse, best_mse)
+            best_iscale = np.where(better, isc, best_iscale)
+        li = np.minimum(_nearest_int(best_iscale * x), nmax)
+        lf = li.astype(_f32)
+        wx = w * x
+        sumlx = _seqsum(wx * lf)
+        suml2 = _seqsum((w * lf) * lf)
+        L = li & 0xFF
+        for _ in range(5):
+            changed = False
+            for i in range(n):
+                Li = L[i].astype(_f32)
+                slx = sumlx - wx[i] * Li
+                sl2 = suml2 - (w[i] * Li) * Li
+                ok = (slx > 0) & (sl2 > 0)
+                if not ok.any():
+                    continue
+                new_l = np.minimum(_nearest_int((x[i] * sl2) / slx), nmax)
+                ok &= new_l != L[i]
+                if not ok.any():
+                    continue
+                nl = new_l.astype(_f32)
+                slx = slx + wx[i] * nl
+                sl2 = sl2 + (w[i] * nl) * nl
+                ok &= (slx * slx) * suml2 > (sumlx * sumlx) * sl2
+                if ok.any():
+                    L[i] = np.where(ok, new_l & 0xFF, L[i])
+                    sumlx = np.where(ok, slx, sumlx)
+                    suml2 = np.where(ok, sl2, suml2)
+                    changed = True
+            if not changed:
+                break
+        scale = np.where(suml2 > 0, sumlx / suml2, _ZERO)
+    if zero.any():
+        scale = np.where(zero, _ZERO, scale)
+        L[:, zero] = 0
+    return scale.astype(_f32), L
+
+
 # --------------------------------------------------------------------------- block types
 
 
-def _q2_K_chunk(blocks: np.ndarray) -> np.ndarray:
+def _q2_K_chunk(blocks: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     nb = blocks.shape[0]
     x = _element_major(blocks, 16)
+    if qw is not None:
+        return _q2_K_weighted(blocks, x, qw)
     w = np.abs(x, out=_buf("w", x))
     scales, mins, lev = _make_qkx2(x, w, 3, -0.5, 0.1, 15, True)
     sc = scales.reshape(nb, 16)
@@ -635,13 +764,34 @@ def _q2_K_chunk(blocks: np.ndarray) -> np.ndarray:
     dm = (_fp16_to_f32(dmin16)[:, None] * (byte >> 4).astype(_f32)).reshape(-1)
     lev = _requantize(x, lev, d, dm, 0, 3)
 
-    L = _block_major(lev, nb)
+    return _pack_q2_K(nb, byte, _block_major(lev, nb), d16, dmin16)
+
+
+def _pack_q2_K(nb: int, byte: np.ndarray, L: np.ndarray, d16: np.ndarray, dmin16: np.ndarray) -> np.ndarray:
     out = np.empty((nb, TYPE_SIZES["q2_K"]), np.uint8)
     out[:, 0:16] = byte
     out[:, 16:80] = _pack_2bit(L)
     out[:, 80:82] = d16.view(np.uint8).reshape(nb, 2)
     out[:, 82:84] = dmin16.view(np.uint8).reshape(nb, 2)
     return out
+
+
+def _q2_K_weighted(blocks: np.ndarray, x: np.ndarray, qw: np.ndarray) -> np.ndarray:
+    """``quantize_row_q2_K_impl``: importance-weighted 37-step min/scale search per 16 elements, the
+    scales and mins fitted on 4 bits by ``make_qp_quants`` (weighted by each sub-block's total weight)."""
+    nb = blocks.shape[0]
+    sigma2 = _block_sumsq(blocks) / _f32(QK_K)
+    w = _imatrix_weights(x, _element_major_as(qw, 16, "qw"), np.repeat(sigma2, 16))
+    sw = _seqsum(w).reshape(nb, 16)
+    scales, mins, lev = _make_qkx2(x, w, 3, -0.9, 0.05, 36, False)
+    dm, ls = _make_qp(scales.reshape(nb, 16).T, sw.T, 15)
+    mm, lm = _make_qp(mins.reshape(nb, 16).T, sw.T, 15)
+    d16, dmin16 = _fp16_bits(dm), _fp16_bits(mm)
+    byte = ((ls.T | (lm.T << 4)) & 0xFF).astype(np.uint8)
+    d = (_fp16_to_f32(d16)[:, None] * (byte & 0xF).astype(_f32)).reshape(-1)
+    dmin = (_fp16_to_f32(dmin16)[:, None] * (byte >> 4).astype(_f32)).reshape(-1)
+    lev = _requantize(x, lev, d, dmin, 0, 3)
+    return _pack_q2_K(nb, byte, _block_major(lev, nb), d16, dmin16)
 
 
 def _requantize(
@@ -667,10 +817,12 @@ def _requantize(
     return np.where(live, new, lev)
 
 
-def _qk4_common(blocks: np.ndarray, nmax: int, rmin: float, nstep: int) -> tuple:
+def _qk4_common(blocks: np.ndarray, nmax: int, rmin: float, nstep: int, qw: np.ndarray | None = None) -> tuple:
     """Shared body of q4_K / q5_K: search, 6-bit scale/min packing, requantisation."""
     nb = blocks.shape[0]
     x = _element_major(blocks, 32)
+    if qw is not None:
+        return _qk4_weighted(blocks, x, qw, nmax)
     w = _buf("w", x)
     sum_x2 = _seqsum(np.multiply(x, x, out=w))
     av_x = np.sqrt(sum_x2 / _f32(32))
@@ -694,8 +846,41 @@ def _qk4_common(blocks: np.ndarray, nmax: int, rmin: float, nstep: int) -> tuple
     return nb, d16, dmin16, _pack_scales_k4(ls, lm), _block_major(lev, nb)
 
 
-def _q4_K_chunk(blocks: np.ndarray) -> np.ndarray:
-    nb, d16, dmin16, scales, L = _qk4_common(blocks, 15, -1.0, 20)
+def _qk4_weighted(blocks: np.ndarray, x: np.ndarray, qw: np.ndarray, nmax: int) -> tuple:
+    """``quantize_row_q4_K_impl`` / ``q5_K_impl``: importance-weighted 37-step search per 32 elements,
+    6-bit scales and mins fitted by ``make_qp_quants`` weighted by each sub-block's total weight."""
+    nb = blocks.shape[0]
+    sigma2 = (_f32(2) * _block_sumsq(blocks)) / _f32(QK_K)
+    w = _imatrix_weights(x, _element_major_as(qw, 32, "qw"), np.repeat(sigma2, 8))
+    sw = _seqsum(w).reshape(nb, 8)
+    scales, mins, lev = _make_qkx2(x, w, nmax, -0.9, 0.05, 36, False)
+    d_block, ls = _make_qp(scales.reshape(nb, 8).T, sw.T, 63)
+    m_block, lm = _make_qp(mins.reshape(nb, 8).T, sw.T, 63)
+    ls, lm = ls.T, lm.T
+    if nmax == 31:  # q5_K clamps, q4_K does not (make_qp_quants keeps them <= 63 anyway)
+        ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
+    packed = _pack_scales_k4(ls.astype(np.uint8), lm.astype(np.uint8))
+    sc, mn = _unpack_scales_k4(packed)
+    d16, dmin16 = _fp16_bits(d_block), _fp16_bits(m_block)
+    d = (_fp16_to_f32(d16)[:, None] * sc.astype(_f32)).reshape(-1)
+    dm = (_fp16_to_f32(dmin16)[:, None] * mn.astype(_f32)).reshape(-1)
+    lev = _requantize(x, lev, d, dm, 0, nmax)
+    return nb, d16, dmin16, packed, _block_major(lev, nb)
+
+
+def _unpack_scales_k4(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``get_scale_min_k4`` for the eight sub-blocks of each row of packed bytes ``(nb, 12)``."""
+    d = np.empty((q.shape[0], 8), np.uint8)
+    m = np.empty((q.shape[0], 8), np.uint8)
+    d[:, 0:4] = q[:, 0:4] & 63
+    m[:, 0:4] = q[:, 4:8] & 63
+    d[:, 4:8] = (q[:, 8:12] & 0xF) | ((q[:, 0:4] >> 6) << 4)
+    m[:, 4:8] = (q[:, 8:12] >> 4) | ((q[:, 4:8] >> 6) << 4)
+    return d, m
+
+
+def _q4_K_chunk(blocks: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    nb, d16, dmin16, scales, L = _qk4_common(blocks, 15, -1.0, 20, qw)
     out = np.empty((nb, TYPE_SIZES["q4_K"]), np.uint8)
     out[:, 0:2] = d16.view(np.uint8).reshape(nb, 2)
     out[:, 2:4] = dmin16.view(np.uint8).reshape(nb, 2)
@@ -705,8 +890,8 @@ def _q4_K_chunk(blocks: np.ndarray) -> np.ndarray:
     return out
 
 
-def _q5_K_chunk(blocks: np.ndarray) -> np.ndarray:
-    nb, d16, dmin16, scales, L = _qk4_common(blocks, 31, -0.5, 15)
+def _q5_K_chunk(blocks: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    nb, d16, dmin16, scales, L = _qk4_common(blocks, 31, -0.5, 15, qw)
     out = np.empty((nb, TYPE_SIZES["q5_K"]), np.uint8)
     out[:, 0:2] = d16.view(np.uint8).reshape(nb, 2)
     out[:, 2:4] = dmin16.view(np.uint8).reshape(nb, 2)
@@ -723,9 +908,11 @@ def _q5_K_chunk(blocks: np.ndarray) -> np.ndarray:
     return out
 
 
-def _q3_K_chunk(blocks: np.ndarray) -> np.ndarray:
+def _q3_K_chunk(blocks: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     nb = blocks.shape[0]
     x = _element_major(blocks, 16)
+    if qw is not None:
+        return _q3_K_weighted(blocks, x, qw)
     scales, lev, _ = _make_q3(x)
     sc = scales.reshape(nb, 16)
     _, max_scale, _ = _abs_max(sc.T)
@@ -741,7 +928,10 @@ def _q3_K_chunk(blocks: np.ndarray) -> np.ndarray:
     d = (_fp16_to_f32(d16)[:, None] * (l6.astype(_f32) - _f32(32))).reshape(-1)
     lev = _requantize(x, lev - _f32(4), d, None, -4, 3) + _f32(4)
 
-    L = _block_major(lev, nb)
+    return _pack_q3_K(nb, _block_major(lev, nb), packed, d16)
+
+
+def _pack_q3_K(nb: int, L: np.ndarray, packed: np.ndarray, d16: np.ndarray) -> np.ndarray:
     Lb = L.reshape(nb, 8, 32)
     hmask = np.zeros((nb, 32), np.uint8)
     for bit in range(8):
@@ -754,10 +944,34 @@ def _q3_K_chunk(blocks: np.ndarray) -> np.ndarray:
     return out
 
 
-def _q6_K_chunk(blocks: np.ndarray) -> np.ndarray:
+def _q3_K_weighted(blocks: np.ndarray, x: np.ndarray, qw: np.ndarray) -> np.ndarray:
+    """``quantize_row_q3_K_impl``: ``make_qx_quants`` with importance weights per 16 elements, the
+    sixteen scales fitted on 6 signed bits by ``make_qx_quants`` again (weighted by sub-block totals)."""
+    nb = blocks.shape[0]
+    sigma2 = (_f32(2) * _block_sumsq(blocks)) / _f32(QK_K)
+    w = _imatrix_weights(x, _element_major_as(qw, 16, "qw"), np.repeat(sigma2, 16))
+    sw = _seqsum(w).reshape(nb, 16)
+    scales, lev, _ = _make_qx_rmse1(x, 4, w)
+    lev = lev.copy()  # the next make_qx_quants reuses its scratch
+    d_block, ls, _ = _make_qx_rmse1(np.ascontiguousarray(scales.reshape(nb, 16).T), 32, np.ascontiguousarray(sw.T))
+    l6 = ls.T.astype(np.uint8)
+    packed = np.empty((nb, 12), np.uint8)
+    packed[:, 0:8] = (l6[:, 0:8] & 0xF) | ((l6[:, 8:16] & 0xF) << 4)
+    hi2 = l6 >> 4
+    packed[:, 8:12] = hi2[:, 0:4] | (hi2[:, 4:8] << 2) | (hi2[:, 8:12] << 4) | (hi2[:, 12:16] << 6)
+    d16 = _fp16_bits(d_block)
+    d = (_fp16_to_f32(d16)[:, None] * (l6.astype(_f32) - _f32(32))).reshape(-1)
+    lev = _requantize(x, lev - _f32(4), d, None, -4, 3) + _f32(4)
+    return _pack_q3_K(nb, _block_major(lev, nb), packed, d16)
+
+
+def _q6_K_chunk(blocks: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    """``quantize_row_q6_K_ref``, or with importance weights ``_impl`` (which weights the
+    level fit by the importance alone, without the sigma term the other types add)."""
     nb = blocks.shape[0]
     x = _element_major(blocks, 16)
-    scales, lev, _ = _make_qx_rmse1(x, 32)
+    w = None if qw is None else np.ascontiguousarray(_element_major_as(qw, 16, "qw"))
+    scales, lev, _ = _make_qx_rmse1(x, 32, w)
     sc = scales.reshape(nb, 16)
     max_abs, max_scale, _ = _abs_max(sc.T)
     zero_block = max_abs < _GROUP_MAX_EPS
@@ -787,49 +1001,49 @@ def _q6_K_chunk(blocks: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- public API
 
 
-def quantize_q2_K(rows: np.ndarray) -> np.ndarray:
+def quantize_q2_K(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Quantise float32 rows ``(..., n)`` (``n % 256 == 0``) to Q2_K block bytes ``(..., n/256*84)``.
 
     Byte-identical to ``quantize_row_q2_K_ref``: per 16-element sub-block a min/scale
     search (|x|-weighted, mean absolute error), 4-bit scales and mins, 2-bit levels.
     """
-    return _run(rows, "q2_K", _q2_K_chunk)
+    return _run(rows, "q2_K", _q2_K_chunk, imatrix)
 
 
-def quantize_q3_K(rows: np.ndarray) -> np.ndarray:
+def quantize_q3_K(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Quantise float32 rows ``(..., n)`` to Q3_K block bytes ``(..., n/256*110)``.
 
     Byte-identical to ``quantize_row_q3_K_ref``: symmetric 3-bit levels refined by
     coordinate descent, 6-bit signed sub-block scales, one fp16 super-scale.
     """
-    return _run(rows, "q3_K", _q3_K_chunk)
+    return _run(rows, "q3_K", _q3_K_chunk, imatrix)
 
 
-def quantize_q4_K(rows: np.ndarray) -> np.ndarray:
+def quantize_q4_K(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Quantise float32 rows ``(..., n)`` to Q4_K block bytes ``(..., n/256*144)``.
 
     Byte-identical to ``quantize_row_q4_K_ref``: per 32-element sub-block a 21-step
     min/scale search, 6-bit scales and mins, 4-bit levels.
     """
-    return _run(rows, "q4_K", _q4_K_chunk)
+    return _run(rows, "q4_K", _q4_K_chunk, imatrix)
 
 
-def quantize_q5_K(rows: np.ndarray) -> np.ndarray:
+def quantize_q5_K(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Quantise float32 rows ``(..., n)`` to Q5_K block bytes ``(..., n/256*176)``.
 
     Byte-identical to ``quantize_row_q5_K_ref``: as Q4_K with 5-bit levels and a
     16-step search.
     """
-    return _run(rows, "q5_K", _q5_K_chunk)
+    return _run(rows, "q5_K", _q5_K_chunk, imatrix)
 
 
-def quantize_q6_K(rows: np.ndarray) -> np.ndarray:
+def quantize_q6_K(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Quantise float32 rows ``(..., n)`` to Q6_K block bytes ``(..., n/256*210)``.
 
     Byte-identical to ``quantize_row_q6_K_ref``: symmetric 6-bit levels with a
     19-step scale search per 16-element sub-block, 8-bit sub-block scales.
     """
-    return _run(rows, "q6_K", _q6_K_chunk)
+    return _run(rows, "q6_K", _q6_K_chunk, imatrix)
 
 
 KQUANTIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {

@@ -23,7 +23,7 @@ Names are GGUF tensor names; shapes are numpy order (the row length, ggml's
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,14 +70,33 @@ PRESETS: dict[str, LlamaFtype] = {
         LlamaFtype("q5_k_s", 16, "Q5_K", "Q5_K throughout"),
         LlamaFtype("q5_k_m", 17, "Q5_K", "Q5_K, half of attn_v/ffn_down Q6_K"),
         LlamaFtype("q6_k", 18, "Q6_K", "Q6_K throughout"),
+        LlamaFtype("q2_k_s", 21, "Q2_K", "Q2_K, first layers' ffn_down Q4_K (needs --imatrix)"),
+        LlamaFtype("iq4_nl", 25, "IQ4_NL", "4.5-bit non-linear (IQ4_NL), output Q6_K"),
+        LlamaFtype("iq4_xs", 30, "IQ4_XS", "4.25-bit non-linear (IQ4_XS), output Q6_K"),
+        LlamaFtype("iq3_m", 27, "IQ3_S", "IQ3_S with Q4_K for attn_v, attn_output and the first ffn_down"),
+        LlamaFtype("iq3_s", 26, "IQ3_S", "3.44-bit lattice (IQ3_S)"),
+        LlamaFtype("iq3_xs", 22, "IQ3_S", "IQ3_S with IQ3_XXS for attn_q/attn_k and middle ffn_gate/ffn_up"),
+        LlamaFtype("iq3_xxs", 23, "IQ3_XXS", "3.06-bit lattice (IQ3_XXS; needs --imatrix)"),
+        LlamaFtype("iq2_m", 29, "IQ2_S", "IQ2_S with IQ3_S for attn_v and the first ffn_down (needs --imatrix)"),
+        LlamaFtype("iq2_s", 28, "IQ2_XS", "IQ2_XS with IQ3_S for attn_v and the first ffn_down (needs --imatrix)"),
+        LlamaFtype("iq2_xs", 20, "IQ2_XS", "2.31-bit lattice (IQ2_XS; needs --imatrix)"),
+        LlamaFtype("iq2_xxs", 19, "IQ2_XXS", "2.06-bit lattice (IQ2_XXS; needs --imatrix)"),
+        LlamaFtype("iq1_m", 31, "IQ1_M", "1.75-bit (IQ1_M; needs --imatrix)"),
+        LlamaFtype("iq1_s", 24, "IQ1_S", "1.56-bit (IQ1_S; needs --imatrix)"),
     )
 }
-"""Supported presets (lower-case names). The IQ*/TQ*/Q2_K_S file types need an
-importance matrix or types lmconv cannot write, so they are not offered."""
+"""Supported presets (lower-case names): llama-quantize's file types of the types lmconv writes.
+The TQ*/MXFP4/Q1_0/Q2_0 file types are not offered (lmconv has no quantiser for them)."""
 
 _Q2_K, _Q3_K_S, _Q3_K_M, _Q3_K_L = 10, 11, 12, 13
 _Q4_K_S, _Q4_K_M, _Q5_K_S, _Q5_K_M = 14, 15, 16, 17
 _Q4_0, _Q5_0 = 2, 8
+_IQ2_XXS, _IQ2_XS, _Q2_K_S, _IQ3_XS, _IQ3_XXS, _IQ1_S, _IQ4_NL = 19, 20, 21, 22, 23, 24, 25
+_IQ3_S, _IQ3_M, _IQ2_S, _IQ2_M, _IQ4_XS, _IQ1_M = 26, 27, 28, 29, 30, 31
+_IQ2_FAMILY = (_IQ2_XXS, _IQ2_XS, _IQ1_S, _IQ2_S, _IQ2_M, _IQ1_M)  # the 1-2 bit file types' own branch
+
+# tensor_requires_imatrix: the types llama-quantize will not write without an importance matrix
+_NEEDS_IMATRIX = {"IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S"}
 
 _FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
 _NON_QUANT = _FLOAT_TYPES | {"I8", "I16", "I32", "I64"}
@@ -263,6 +282,7 @@ class _State:
     i_ffn_gate: int = 0
     i_ffn_up: int = 0
     has_tied_embeddings: bool = True
+    has_imatrix: bool = False
 
 
 def _use_more_bits(i_layer: int, n_layers: int) -> bool:
@@ -295,7 +315,7 @@ def _layer_info(st: _State, counter: int, name: str) -> tuple[int, int]:
 
 def _mixture_type(st: _State, new_type: str, name: str, ne0: int, ftype: int, cat: str,
                   output_tensor_type: str | None) -> str:
-    """llama_tensor_get_type_impl for the supported file types (no IQ/TQ/MXFP4 branches needed)."""
+    """llama_tensor_get_type_impl for the supported file types (no TQ*/MXFP4/Q1_0/Q2_0 branches)."""
     arch = st.arch
     falcon = arch == "falcon"
 
@@ -308,19 +328,57 @@ def _mixture_type(st: _State, new_type: str, name: str, ne0: int, ftype: int, ca
             return output_tensor_type
         if falcon or ne0 % _block_size(new_type) != 0:
             return "Q8_0"
+        if ftype in (_IQ2_XXS, _IQ2_XS, _IQ3_XXS, _IQ1_S, _IQ2_S, _IQ2_M, _IQ1_M):
+            return "Q5_K"
         if new_type != "Q8_0":
             return "Q6_K"
         return new_type
 
     if cat == "token_embd":
-        return new_type  # only IQ*/TQ* file types change it
+        if ftype in (_IQ2_XXS, _IQ2_XS, _IQ1_S, _IQ1_M):
+            return "Q2_K"
+        if ftype in (_IQ2_S, _IQ2_M, _IQ3_XXS):
+            return "IQ3_S"
+        return new_type
+
+    if ftype in _IQ2_FAMILY:
+        if _is_attn_v_like(cat):
+            if st.n_gqa >= 4 or st.n_expert >= 4:
+                new_type = "Q4_K"
+            else:
+                new_type = "IQ3_S" if ftype in (_IQ2_S, _IQ2_M) else "Q2_K"
+            st.i_attention_wv += 1
+        elif st.n_expert == 8 and cat == "attn_k":
+            new_type = "Q4_K"
+        elif cat == "ffn_down":
+            if st.i_ffn_down < st.n_layer // 8:  # the counter, whatever the model (experts included)
+                new_type = "IQ3_S" if ftype in (_IQ2_S, _IQ2_M) else "Q2_K"
+            st.i_ffn_down += 1
+        elif cat == "attn_output":
+            if st.n_expert == 8:
+                new_type = "Q5_K"
+            elif ftype in (_IQ1_S, _IQ1_M):
+                new_type = "IQ2_XXS"
+            elif ftype in (_IQ2_S, _IQ2_M):
+                new_type = "IQ3_S"
+        return new_type
 
     if _is_attn_v_like(cat):
         if ftype == _Q2_K:
             new_type = "Q4_K" if st.n_gqa >= 4 else "Q3_K"
+        elif ftype == _Q2_K_S and st.n_gqa >= 4:
+            new_type = "Q4_K"
+        elif ftype == _IQ3_XXS:
+            new_type = "Q4_K" if st.n_gqa >= 4 else ("IQ3_XXS" if st.has_imatrix else "IQ3_S")
+        elif ftype in (_IQ3_XS, _IQ3_S) and st.n_gqa >= 4:
+            new_type = "Q4_K"
+        elif ftype == _IQ3_M:
+            new_type = "Q4_K"
         elif ftype == _Q3_K_M:
             new_type = "Q5_K" if st.i_attention_wv < 2 else "Q4_K"
         elif ftype == _Q3_K_L:
+            new_type = "Q5_K"
+        elif ftype in (_IQ4_NL, _IQ4_XS) and st.n_gqa >= 4:
             new_type = "Q5_K"
         elif ftype in (_Q4_K_M, _Q5_K_M) and _use_more_bits(st.i_attention_wv, st.n_attention_wv):
             new_type = "Q6_K"
@@ -335,15 +393,30 @@ def _mixture_type(st: _State, new_type: str, name: str, ne0: int, ftype: int, ca
         return new_type
 
     if cat == "attn_k":
-        return "Q8_0" if st.n_expert == 8 else new_type
+        if st.n_expert == 8:
+            return "Q8_0"
+        if ftype == _IQ3_XS:
+            return "IQ3_XXS"
+        if ftype == _IQ3_XXS:
+            return "IQ2_S"
+        return new_type
 
     if cat == "attn_q":
+        if ftype == _IQ3_XS:
+            return "IQ3_XXS"
+        if ftype == _IQ3_XXS:
+            return "IQ2_S"
         return new_type
 
     if cat == "ffn_down":
         i_layer, n_layer = _layer_info(st, st.i_ffn_down, name)
         if ftype == _Q2_K:
             new_type = "Q3_K"
+        elif ftype == _Q2_K_S:
+            if i_layer < n_layer // 8:
+                new_type = "Q4_K"
+        elif ftype == _IQ3_XXS and not st.has_imatrix:
+            new_type = "Q4_K" if i_layer < n_layer // 8 else "Q3_K"
         elif ftype == _Q3_K_M:
             if i_layer < n_layer // 16:
                 new_type = "Q5_K"
@@ -351,6 +424,8 @@ def _mixture_type(st: _State, new_type: str, name: str, ne0: int, ftype: int, ca
                 new_type = "Q4_K"
             else:
                 new_type = "Q3_K"
+        elif ftype == _IQ3_M and (i_layer < n_layer // 8 or (st.n_expert == 8 and _use_more_bits(i_layer, n_layer))):
+            new_type = "Q4_K"
         elif ftype == _Q3_K_L:
             new_type = "Q4_K" if falcon else "Q5_K"
         elif ftype == _Q4_K_M:
@@ -359,32 +434,41 @@ def _mixture_type(st: _State, new_type: str, name: str, ne0: int, ftype: int, ca
                             else "Q5_K" if _use_more_bits(i_layer, n_layer) else "Q4_K")
             elif _use_more_bits(i_layer, n_layer):
                 new_type = "Q6_K"
+        elif i_layer < n_layer // 8 and ftype in (_IQ4_NL, _IQ4_XS) and not st.has_imatrix:
+            new_type = "Q5_K"
         elif ftype == _Q5_K_M and _use_more_bits(i_layer, n_layer):
             new_type = "Q6_K"
         elif ftype == _Q4_K_S and not falcon and i_layer < n_layer // 8:
             new_type = "Q5_K"
-        # (Q4_0/Q5_0 → Q4_1/Q5_1 for the first layers applies only with an imatrix)
+        elif ftype in (_Q4_0, _Q5_0) and st.has_imatrix and i_layer < n_layer // 8:
+            # llama.cpp guards the first ffn_down layers of Q4_0/Q5_0 with the _1 types, only with an imatrix
+            new_type = "Q4_1" if ftype == _Q4_0 else "Q5_1"
         st.i_ffn_down += 1
         return new_type
 
     if cat == "attn_output":
         if not falcon:
             if st.n_expert == 8:
-                if ftype in (_Q2_K, _Q3_K_S, _Q3_K_M, _Q4_K_S, _Q4_K_M):
+                if ftype in (_Q2_K, _IQ3_XS, _IQ3_XXS, _Q3_K_S, _Q3_K_M, _IQ4_NL, _Q4_K_S, _Q4_K_M, _IQ3_S, _IQ3_M,
+                             _IQ4_XS):
                     new_type = "Q5_K"
             else:
                 if ftype == _Q2_K:
                     new_type = "Q3_K"
+                elif ftype == _IQ3_XXS:
+                    new_type = "IQ3_S"
                 elif ftype == _Q3_K_M:
                     new_type = "Q4_K"
                 elif ftype == _Q3_K_L:
                     new_type = "Q5_K"
+                elif ftype == _IQ3_M:
+                    new_type = "Q4_K"
         elif ftype == _Q3_K_L:
             new_type = "Q4_K"
         return new_type
 
     if cat == "attn_qkv":
-        if ftype in (_Q3_K_M, _Q3_K_L):
+        if ftype in (_Q3_K_M, _Q3_K_L, _IQ3_M):
             new_type = "Q4_K"
         elif ftype == _Q4_K_M:
             new_type = "Q5_K"
@@ -392,17 +476,25 @@ def _mixture_type(st: _State, new_type: str, name: str, ne0: int, ftype: int, ca
             new_type = "Q6_K"
         return new_type
 
-    if cat == "ffn_gate":
-        _layer_info(st, st.i_ffn_gate, name)
-        st.i_ffn_gate += 1
-        return new_type
-
-    if cat == "ffn_up":
-        _layer_info(st, st.i_ffn_up, name)
-        st.i_ffn_up += 1
+    if cat in ("ffn_gate", "ffn_up"):
+        counter = "i_ffn_gate" if cat == "ffn_gate" else "i_ffn_up"
+        i_layer, n_layer = _layer_info(st, getattr(st, counter), name)
+        if ftype == _IQ3_XS and n_layer // 8 <= i_layer < 7 * n_layer // 8:
+            new_type = "IQ3_XXS"
+        setattr(st, counter, getattr(st, counter) + 1)
         return new_type
 
     return new_type
+
+
+def requires_imatrix(name: str, type_name: str, ftype: int | None) -> bool:
+    """tensor_requires_imatrix: the 1-2 bit lattice types and IQ3_XXS (and Q2_K in a Q2_K_S file)
+    are refused without an importance matrix; the token embedding and output never are."""
+    if name in ("token_embd.weight", "per_layer_token_embd.weight", "output.weight"):
+        return False
+    if type_name in _NEEDS_IMATRIX:
+        return True
+    return type_name == "Q2_K" and ftype == _Q2_K_S
 
 
 _FALLBACK = {
@@ -478,6 +570,7 @@ def choose_tensor_types(
     leave_output_tensor: bool = False,
     tensor_type_overrides: Sequence[Any] = (),
     source_types: Mapping[str, str] | None = None,
+    imatrix: Container[str] | None = None,
 ) -> dict[str, str]:
     """The ggml type llama-quantize would give each tensor for ``preset``.
 
@@ -498,7 +591,11 @@ def choose_tensor_types(
     Q2_K/Q3_K→Q4_0, then F16).
 
     ``n_expert`` (MoE models) makes ffn rules read the layer from the name and
-    switches on the 8-expert tweaks. Returns ``{name: type}`` in input order.
+    switches on the 8-expert tweaks. ``imatrix`` (the names an importance matrix has
+    data for, or None without one) switches on the rules that differ with a matrix and
+    the refusals llama-quantize makes: a type that needs one (IQ1_*, IQ2_*, IQ3_XXS,
+    Q2_K in Q2_K_S) without a matrix, or for a tensor the matrix lacks, raises
+    ValueError. Returns ``{name: type}`` in input order.
     """
     key = str(preset).strip().lower()
     if key not in PRESETS:
@@ -523,6 +620,7 @@ def choose_tensor_types(
     cats = {name: _category(name) for name, _, _ in entries}
     st.n_attention_wv = sum(1 for c in cats.values() if _is_attn_v_like(c))
     st.has_tied_embeddings = not any(c == "output" for c in cats.values())
+    st.has_imatrix = imatrix is not None
 
     base = p.base
     result: dict[str, str] = {}
@@ -552,4 +650,11 @@ def choose_tensor_types(
                 new_type = _mixture_type(st, new_type, name, ne0, p.ftype, cat, out_type)
             new_type = _fallback(name, ne0, new_type)
         result[name] = new_type
+        if requires_imatrix(name, new_type, p.ftype):
+            if imatrix is None:
+                raise ValueError(f"{key} needs an importance matrix ({name} would be {new_type}, which llama-quantize "
+                                 f"refuses to write without one): give one with --imatrix FILE")
+            if name not in imatrix and new_type != current:
+                raise ValueError(f"the importance matrix has no data for {name}, which {key} makes {new_type} "
+                                 f"(llama-quantize refuses that too)")
     return {name: result[name] for name, _, _ in entries}

@@ -14,6 +14,7 @@ import json
 import re
 import struct
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,7 @@ class Planned:
     arch_kv: dict[str, Any]
     aliases: dict[str, str]
     types: dict[str, dt.DType]
+    quant_kv: dict[str, Any] = dc_field(default_factory=dict)  # quantize.imatrix.* (llama-quantize's keys)
 
 
 def plan_gguf(model: Model, options: WriteOptions) -> Planned:
@@ -184,21 +186,35 @@ def plan_gguf(model: Model, options: WriteOptions) -> Planned:
                          or arch_kv.get(gguf.Keys.Attention.HEAD_COUNT.format(arch=arch_name)) or 0),
         "n_expert": int(arch_kv.get(gguf.Keys.LLM.EXPERT_COUNT.format(arch=arch_name)) or 0),
         **{k: options.extra[k] for k in ("pure", "output_tensor_type", "token_embedding_type", "leave_output_tensor",
-                                         "tensor_type_overrides") if options.extra.get(k) not in (None, False, [])},
+                                         "tensor_type_overrides", "imatrix") if options.extra.get(k) not in (None, False, [])},
     }
+    imatrix = context.get("imatrix")  # --imatrix: the quantisers plugin's parsed importance matrix
     plan = gtypes.plan_types(tensors, quant=quant, cast=options.dtype, context=context, warn=warn,
                              for_runtime=layout is not None)
     out: list[Tensor] = []
+    lacking: list[str] = []
     for t in tensors:
         target = plan.get(t.name, t.dtype)
         fn = _convert_fn(t.dtype, target, warn, t.name)
         if fn is not None:
             note = f"quant:{target.name}" if target.is_quantized else f"cast:{target.name}"
-            t = t.map(fn, dtype=target, note=note, rows=True)  # casts and quantisers work row by row
+            weighted = gtypes.imatrix_fn(t, target, imatrix) if imatrix is not None else None
+            if imatrix is not None and target.is_quantized and t.name not in imatrix:
+                lacking.append(t.name)
+            fn, rows = weighted if weighted is not None else (fn, True)
+            t = t.map(fn, dtype=target, note=note, rows=rows)  # casts and quantisers work row by row
+            step = gtypes.imatrix_step(target) if weighted is not None else None
+            if step is not None:  # its weighted search has an allowance of its own (verification adds it)
+                t = t.replace(history=t.history + (step,))
         if ggml_type(t.dtype) is None:
             raise UsageError(f"tensor {t.name!r} is {t.dtype.name}, which GGUF cannot store")
         out.append(t)
-    return Planned(arch_name, out, arch_kv, aliases, plan)
+    lacking = [n for n in lacking if n not in gtypes.NEVER_NEEDS_IMATRIX]  # llama-imatrix never sees those
+    if lacking:
+        warn(f"the importance matrix has no data for {len(lacking)} tensor(s) ({', '.join(lacking[:3])}"
+             f"{' …' if len(lacking) > 3 else ''}): quantised without it, as llama-quantize does")
+    quant_kv = imatrix.metadata() if imatrix is not None else {}
+    return Planned(arch_name, out, arch_kv, aliases, plan, quant_kv)
 
 
 def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
@@ -225,6 +241,8 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
     writer.add_file_type(gtypes.file_type(plan, options.quant))
     if any(d.is_quantized for d in plan.values()):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for key, value in planned.quant_kv.items():
+        _add_kv(writer, key, value)
     # A family's layout may set tokenizer keys too (a flag llama.cpp reads for that family): they win.
     family_tok = {k: v for k, v in arch_kv.items() if k.startswith("tokenizer.")}
     for key, value in arch_kv.items():

@@ -9,23 +9,32 @@ decide per tensor through their own policy.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 import gguf
-
+import numpy as np
 from lmconv import dtypes as dt
+from lmconv.bounds import declared
 from lmconv.dtypes import DType
 from lmconv.errors import UsageError
 from lmconv.ir import Tensor
 from lmconv.quantizers import Preset, Quantizer, TensorChoice
+from lmconv.registry import get_registry
 
 from .ggml_types import ggml_type
 
 # llama-quantize's own fallback order for types whose 256-blocks do not fit a row.
-ROW_FALLBACK = {"q2_K": "q4_0", "q3_K": "q4_0", "q4_K": "q5_0", "q5_K": "q5_1", "q6_K": "q8_0"}
+ROW_FALLBACK = {"q2_K": "q4_0", "q3_K": "q4_0", "q4_K": "q5_0", "q5_K": "q5_1", "q6_K": "q8_0",
+                **{t: "iq4_nl" for t in ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq4_xs")}}
+
+# The types llama-quantize refuses to write without an importance matrix (tensor_requires_imatrix),
+# except into the token embedding and the output; presets check this themselves.
+NEEDS_IMATRIX = frozenset({"iq3_xxs", "iq2_xxs", "iq2_xs", "iq2_s", "iq1_m", "iq1_s"})
+NEVER_NEEDS_IMATRIX = ("token_embd.weight", "per_layer_token_embd.weight", "output.weight")
 
 FILE_TYPES = {
     "f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0",
@@ -123,8 +132,60 @@ def plan_types(
             new = fallback(want, t.shape)
             warn(f"{t.name}: rows of {t.shape[-1]} do not divide into {want.name} blocks of {want.block_size}; using {new.name}")
             want = new
+        if want.name in NEEDS_IMATRIX and t.name not in NEVER_NEEDS_IMATRIX and want != t.dtype:
+            imatrix = context.get("imatrix")
+            if imatrix is None:
+                raise UsageError(f"{t.name} would be {want.name}, which llama-quantize refuses to write without an "
+                                 f"importance matrix: give one with --imatrix FILE")
+            if t.name not in imatrix:
+                raise UsageError(f"the importance matrix has no data for {t.name}, which {want.name} needs")
         plan[t.name] = want
     return plan
+
+
+def imatrix_fn(t: Tensor, target: DType, imatrix: Any) -> tuple[Callable[[np.ndarray], np.ndarray], bool] | None:
+    """``t``'s conversion to ``target`` with its importance weights, as llama-quantize applies them:
+    ``(function, row_wise)``. A 2-D tensor's rows share one row of weights (the function works on
+    any piece of rows); a 3-D tensor of stacked experts takes one row per expert, so the function
+    must see whole experts. None when the matrix has no entry for ``t`` or ``target``'s quantiser
+    takes no weights (``quantize(rows, imatrix=…)``); a matrix of the wrong size raises (UsageError).
+    See :func:`imatrix_step` for what verification is told."""
+    if t.dtype == target or len(t.shape) < 2:
+        return None
+    weights = imatrix.weights_for(t.name, t.shape)
+    if weights is None or not target.is_quantized:
+        return None
+    reg = get_registry()
+    quantize = reg.quantizer(target.name).quantize
+    if quantize is None or not _takes_imatrix(quantize):
+        return None
+    if t.dtype.is_quantized:
+        to_f32 = reg.dequantizer(t.dtype.name).dequantize
+    else:
+        to_f32 = lambda a: a.astype(np.float32, copy=False)
+    if weights.shape[0] == 1:
+        row = weights[0]
+        return (lambda a: quantize(to_f32(a), imatrix=row)), True
+
+    def experts(a: np.ndarray) -> np.ndarray:
+        return np.stack([quantize(to_f32(a[e]), imatrix=weights[e]) for e in range(a.shape[0])])
+
+    return experts, False
+
+
+def imatrix_step(target: DType) -> str | None:
+    """The history step of a tensor quantised to ``target`` with importance weights, when the
+    quantiser plugin declares that step's extra error allowance (``imatrix:TYPE``), else None."""
+    step = f"imatrix:{target.name}"
+    return step if declared(step) is not None else None
+
+
+def _takes_imatrix(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "imatrix" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def file_type(plan: dict[str, DType], quant_name: str | None) -> int:
