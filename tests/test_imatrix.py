@@ -126,7 +126,9 @@ def test_gguf_and_legacy_files_of_one_run_agree(models: dict[str, dict[str, Path
         assert g.entries.keys() == d.entries.keys() and len(g) >= 14
         for name in g.entries:
             np.testing.assert_allclose(g.entries[name], d.entries[name], rtol=1e-5)
-        assert g.datasets == d.datasets == [str(TEXT)] and g.chunk_count == d.chunk_count > 0
+        # the text's path as llama-imatrix was given it (cached runs keep the path of the clone that made them)
+        assert g.datasets == d.datasets and [Path(p).name for p in g.datasets] == [TEXT.name]
+        assert g.chunk_count == d.chunk_count > 0
     moe = load_imatrix(models["moe"]["gguf_im"])
     assert moe.weights_for("blk.0.ffn_down_exps.weight", (8, 256, 256)).shape == (8, 256)
     assert moe.weights_for("blk.0.attn_q.weight", (256, 256)).shape == (1, 256)
