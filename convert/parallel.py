@@ -23,7 +23,9 @@ _in_pool = threading.local()
 
 
 def compute_workers() -> int:
-    return max(1, os.cpu_count() or 1)
+    """One thread per core, or ``LMCONV_THREADS`` (a batch job sharing the machine with others)."""
+    env = os.environ.get("LMCONV_THREADS", "").strip()
+    return max(1, int(env)) if env.isdigit() else max(1, os.cpu_count() or 1)
 
 
 def _mark_pool_thread() -> None:

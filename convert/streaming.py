@@ -15,7 +15,8 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO
+from contextvars import ContextVar
+from typing import IO, Any
 
 import numpy as np
 
@@ -55,6 +56,11 @@ def iter_loaded(tensors: Iterable[Tensor], *, workers: int | None = None, window
 
 PIECE_WINDOW_BYTES = 64 << 20  # output bytes computed ahead of the writer, at most (one job always may)
 
+#: Set in each writer thread of a quant ladder (lmconv.ladder): an object whose ``submit(pool, tensor,
+#: index, job)`` returns the future of piece ``index`` of ``tensor``, so that writers computing the same
+#: tensor the same way compute each piece once (and share its future). None (the default) elsewhere.
+SHARED_PIECES: ContextVar[Any] = ContextVar("lmconv_shared_pieces", default=None)
+
 
 def iter_pieces(tensors: Iterable[Tensor], *, window_bytes: int | None = None) -> Iterator[tuple[Tensor, np.ndarray, bool]]:
     """Yield ``(tensor, piece, last)`` in order: each tensor's data as consecutive pieces of rows.
@@ -85,14 +91,15 @@ def iter_pieces(tensors: Iterable[Tensor], *, window_bytes: int | None = None) -
                     return
         yield t.load, True, t.nbytes
 
+    shared = SHARED_PIECES.get()
     try:
         for t in tensors:
-            for job, last, nbytes in jobs(t):
+            for index, (job, last, nbytes) in enumerate(jobs(t)):
                 while pending and in_flight + nbytes > window:
                     t0, fut, last0, n0 = pending.popleft()
                     in_flight -= n0
                     yield t0, fut.result(), last0
-                pending.append((t, pool.submit(job), last, nbytes))
+                pending.append((t, pool.submit(job) if shared is None else shared.submit(pool, t, index, job), last, nbytes))
                 in_flight += nbytes
         while pending:
             t0, fut, last0, n0 = pending.popleft()

@@ -1,4 +1,4 @@
-"""Sizes as people write them on the command line ("5GB", "500M", "2G")."""
+"""Sizes as people write them on the command line ("5GB", "500M", "2G"), and as lmconv prints them."""
 
 from __future__ import annotations
 
@@ -22,3 +22,12 @@ def parse_size(text: str | int, *, option: str = "size") -> int:
     if unit not in _UNITS or value <= 0:
         raise UsageError(f"{option} {text!r} is not a size like 500M, 5GB or 2G")
     return int(value * _UNITS[unit])
+
+
+def format_size(n: float) -> str:
+    """``163.6 KB``: decimal units, as :func:`parse_size` reads them."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)

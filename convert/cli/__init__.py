@@ -1,6 +1,6 @@
 """The ``lmconv`` command.
 
-``lmconv SRC DST [options]`` converts; ``lmconv inspect|formats|plugins|families|verify|roundtrip|merge``
+``lmconv SRC DST [options]`` converts; ``lmconv inspect|formats|plugins|families|verify|roundtrip|merge|batch``
 are sub-commands. A first argument that names a sub-command is one; anything else is a source
 path. The ``convert`` command carries the options the installed plugins declare
 (:mod:`lmconv.options`), so it is built when it runs (:mod:`.convert_command`).
@@ -17,10 +17,13 @@ import typer
 
 from . import listing, merge_command, verify_commands  # noqa: F401 - their commands register on the app
 from .app import ClickException, _err, app
+from .batch_command import install_batch_command
 from .convert_command import install_convert_command
 from .listing import inspect_cmd
 
-COMMANDS = {"convert", "inspect", "formats", "plugins", "families", "verify", "roundtrip", "merge"}
+install_batch_command()
+
+COMMANDS = {"convert", "inspect", "formats", "plugins", "families", "verify", "roundtrip", "merge", "batch"}
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:

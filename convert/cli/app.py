@@ -11,6 +11,8 @@ from typing import Any
 
 import typer
 
+from lmconv.units import format_size as _human  # noqa: F401 - the commands print sizes through it
+
 try:  # newer typer vendors click; its usage exceptions are the ones raised
     from typer._click.exceptions import ClickException  # noqa: F401 - the CLI catches it (cli/__init__.py)
 except ImportError:  # pragma: no cover - older typer on real click
@@ -28,6 +30,8 @@ app = typer.Typer(
     help=(
         "Convert language-model weights between safetensors, PyTorch, TensorFlow and GGUF.\n\n"
         "Usage: lmconv SRC DST [options]   (e.g. lmconv model/ out.gguf --quant q8_0)\n\n"
+        "   or: lmconv SRC DIR/ --quant q8_0,q6_k,q4_k_m   (a quant ladder: one read, one file per type)\n\n"
+        "   or: lmconv batch JOBS.toml [--engine ray]   (many jobs, here or on a Ray cluster)\n\n"
         "   or: lmconv COMMAND ...\n\n" + EXIT_CODES_HELP
     ),
     add_completion=False,
@@ -70,12 +74,3 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-

@@ -25,7 +25,9 @@ def convert_cmd(
     dst: Annotated[str, typer.Argument(help="Target: its extension picks the format; a folder (or trailing /) means an HF folder.")],
     to: Annotated[Optional[str], typer.Option("--to", help="Output format name (see `lmconv formats`); overrides the extension.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="Cast floating tensors: f32, f16 or bf16.")] = None,
-    quant: Annotated[Optional[str], typer.Option("--quant", help="Formats that store blocks (GGUF): q8_0, q4_0, q4_k_m … (see `lmconv plugins`).")] = None,
+    quant: Annotated[Optional[str], typer.Option("--quant", help="Formats that store blocks (GGUF): q8_0, q4_0, q4_k_m … (see `lmconv plugins`). "
+                                                   "A comma list (q8_0,q6_k,q4_k_m) with DST a folder is a quant ladder: one read of SRC, "
+                                                   "one file per type, named <model name>-<TYPE>.gguf (the model name is SRC's base name).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
     config: Annotated[Optional[str], typer.Option("--config", help="config.json to use instead of the one beside SRC.")] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer files (a folder, or tokenizer.json …) to use instead of those beside SRC.")] = None,
@@ -54,6 +56,12 @@ def convert_cmd(
 
     if as_json and not dry_run:
         raise UsageError("--json goes with --dry-run")
+    if quant and "," in quant:  # a quant ladder: one output per type into the folder DST (lmconv.ladder)
+        from .ladder_command import run_ladder
+
+        run_ladder(src, dst, quant, to=to, dtype=dtype, force=force, config=config, tokenizer=tokenizer, verify=verify,
+                   dry_run=dry_run, as_json=as_json, quiet=quiet, extra=extra)
+        return
     start = time.perf_counter()
     try:
         result = convert(
