@@ -58,6 +58,9 @@ class Grid:
     pos_pad: np.ndarray
     """``(dim, G + 1)``: each point's coordinates as ``2·level + 1``, NaN for the padding index ``G``
     (a distance that never wins)."""
+    nb_table_t: np.ndarray
+    """``nb_table`` transposed, C-contiguous: a set of lists gathered with ``np.take(axis=1)`` comes out
+    ``(width, lists)``, the layout the neighbour search works in."""
     nb_off: np.ndarray
     """``nb_table``'s points as int8 offsets ``i·n_levels + level`` into a per-query table of the
     ``dim·n_levels`` possible coordinate terms (the padding points to slot ``dim·n_levels``)."""
@@ -119,7 +122,8 @@ def _build(cls_name: str, n_levels: int, bits: int, nwant: int) -> Grid:
     slots = np.concatenate([levels.astype(np.int16) + n_levels * np.arange(dim, dtype=np.int16),
                             np.full((1, dim), dim * n_levels, np.int16)])
     return Grid(levels=levels, kmap=kmap, nb_count=nb_count, bits=bits, dim=dim, n_levels=n_levels, nb_row=nb_row,
-                nb_table=table, pos_pad=pos_pad, nb_off=slots[table].astype(np.int8))
+                nb_table=table, nb_table_t=np.ascontiguousarray(table.T), pos_pad=pos_pad,
+                nb_off=slots[table].astype(np.int8))
 
 
 def grid(type_name: str) -> Grid:

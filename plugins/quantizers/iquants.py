@@ -41,10 +41,15 @@ BLOCK_SIZES = {name: 32 if name == "iq4_nl" else QK_K for name in TYPE_SIZES}
 NEEDS_IMATRIX = frozenset({"iq2_xxs", "iq2_xs", "iq1_s"})
 """Types ggml refuses to quantise without an importance matrix (``ggml_quantize_requires_imatrix``)."""
 
-CHUNK_ELEMENTS = 1 << 20
-_CHUNK = {"iq1_s": 1 << 16, "iq1_m": 1 << 16}  # their split scans make ~35 candidates per element
+CHUNK_ELEMENTS = 1 << 18
+_CHUNK = {"iq1_s": 1 << 14, "iq1_m": 1 << 14,  # their split scans make ~35 candidates per element
+          "iq4_nl": 1 << 16, "iq4_xs": 1 << 16}
 """Elements searched together: bounds the temporaries (the neighbour searches make several
-arrays of a few candidates per element)."""
+arrays of a few candidates per element; IQ4's scale search dozens of arrays per trial, int64
+index arrays among them). Temporaries of megabytes are handed back to the OS by glibc and fault in
+again page by page on the next chunk, which on a VM costs as much as the arithmetic (IQ4 at 1M
+elements took twice ggml's whole time in page faults); at these sizes they stay in cache and in the
+heap, and numpy's per-call overhead is still small against the work per call."""
 
 
 # --------------------------------------------------------------------------- driver
@@ -203,25 +208,38 @@ _CAPS = np.array([1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 9
 
 def _buckets(cnt: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """Queries grouped by their neighbour count rounded up to a few widths (padding never wins)."""
-    ci = np.searchsorted(_CAPS, cnt)
-    return [(int(_CAPS[k]), np.flatnonzero(ci == k)) for k in np.unique(ci)]
+    ci = np.searchsorted(_CAPS, cnt).astype(np.uint8)
+    order = np.argsort(ci, kind="stable")  # one (radix) sort, not a pass over all queries per width
+    ends = np.cumsum(np.bincount(ci, minlength=_CAPS.size))
+    starts = ends - np.bincount(ci, minlength=_CAPS.size)
+    return [(int(_CAPS[k]), order[starts[k]:ends[k]]) for k in np.flatnonzero(ends > starts)]
 
 
 def _neighbours(g: grids.Grid, u: np.ndarray, xv: np.ndarray, wv: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """``iq2/iq3_find_best_neighbour`` for M groups off the grid: among the neighbours of code ``u``,
-    the first grid point minimising ``Σ w·(scale·pos − x)²`` (``xv``/``wv`` ``(dim, M)``)."""
+    the first grid point minimising ``Σ w·(scale·pos − x)²`` (``xv``/``wv`` ``(dim, M)``).
+
+    The candidates are laid out ``(width, queries)``: each query's values broadcast along a row,
+    the coordinates are gathered with ``np.take`` (fancy indexing with int32 indices costs several
+    times more), and the first minimum is found with reductions along axis 0 (``argmin`` along
+    short rows is slow): the least distance, then the first candidate reaching it."""
     out = np.empty(u.size, np.int64)
     rows = g.nb_row[u]
     for width, idx in _buckets(g.nb_count[u]):
-        cand = g.nb_table[rows[idx], :width]
-        sc = scale[idx][:, None]
-        d2 = np.zeros(cand.shape, _f32)
+        cand = np.take(g.nb_table_t[:width], rows[idx], axis=1)  # (the table may be narrower than width)
+        sc = scale[idx]
+        d2 = None
         for i in range(g.dim):
-            diff = sc * g.pos_pad[i][cand]
-            diff -= xv[i, idx][:, None]
-            d2 += (wv[i, idx][:, None] * diff) * diff
-        np.copyto(d2, np.inf, where=np.isnan(d2))
-        out[idx] = cand[np.arange(idx.size), np.argmin(d2, axis=1)]
+            diff = np.take(g.pos_pad[i], cand)
+            diff *= sc
+            diff -= xv[i, idx]
+            t = wv[i, idx] * diff
+            t *= diff
+            if d2 is None:
+                d2 = t  # C's 0 + t: the same value (t is never -0 unless a weight is, and ±0 compare equal)
+            else:
+                d2 += t
+        out[idx] = cand[_first_min(d2), np.arange(idx.size)]
     return out
 
 
@@ -250,6 +268,16 @@ def _neighbours_by_terms(g: grids.Grid, u: np.ndarray, terms: np.ndarray) -> np.
     return out
 
 
+def _first_min(d2: np.ndarray) -> np.ndarray:
+    """``argmin(d2, axis=0)`` with NaN as +inf, from reductions along axis 0 (``argmin`` is slow
+    along axis 0 and along short rows alike): the least value, then the first row reaching it."""
+    np.copyto(d2, np.inf, where=np.isnan(d2))
+    best = np.min(d2, axis=0)
+    width = d2.shape[0]
+    rank = np.multiply(d2 == best, np.arange(width, 0, -1, dtype=np.int16)[:, None])
+    return width - np.max(rank, axis=0)
+
+
 def _terms(scale: np.ndarray, q: np.ndarray, xv: np.ndarray, wv: np.ndarray) -> np.ndarray:
     """``(w·(scale·q − x))·(scale·q − x)`` for every coordinate and level: ``scale`` ``(M,)``, ``q``
     ``(M, n_levels)``, ``xv``/``wv`` ``(dim, M)`` → ``(M, dim, n_levels)``."""
@@ -263,13 +291,22 @@ class _Groups:
     def __init__(self, g: grids.Grid, n: int, S: int) -> None:
         self.g, self.n, self.S = g, n, S
         self.ng = n // g.dim
-        self.shift = (g.bits * np.arange(g.dim, dtype=np.int64))[None, :, None]
 
     def view(self, a: np.ndarray) -> np.ndarray:
         return a.reshape(self.ng, self.g.dim, self.S)
 
     def codes(self, lev: np.ndarray) -> np.ndarray:
-        return (self.view(lev).astype(np.int64) << self.shift).sum(axis=1)
+        """``u = Σ l_k << (bits·k)`` of every group ``(ng, S)`` (accumulated in int32: codes < 2¹⁶)."""
+        v = self.view(lev)
+        u = v[:, 0].astype(np.int32)
+        for k in range(1, self.g.dim):
+            u |= v[:, k] << (self.g.bits * k)
+        return u.astype(np.intp)
+
+    def gather(self, a: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """``a``'s groups at flat offsets ``base`` (see :meth:`levels`) as ``(dim, M)``, contiguous."""
+        flat = a.reshape(-1)
+        return np.stack([np.take(flat, base + i * self.S) for i in range(self.g.dim)])
 
     def levels(self, xval: np.ndarray, waux: np.ndarray, inv: np.ndarray, scale: np.ndarray, kmax: int,
                only: np.ndarray | None = None, lev: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -289,9 +326,14 @@ class _Groups:
         off = ~on if only is None else (~on & only)
         if off.any():
             kk, bb = np.nonzero(off)
-            xv, wv = self.view(xval)[kk, :, bb].T, self.view(waux)[kk, :, bb].T
-            best = _neighbours(self.g, u[kk, bb], xv, wv, scale[bb])
-            self.view(new)[kk, :, bb] = self.g.levels[best]
+            # element i of group kk in column bb sits at flat offset base + i·S of an (n, S) array:
+            # plain takes and puts, cheaper than a[kk, :, bb] fancy indexing
+            base = kk * (self.g.dim * self.S) + bb
+            best = _neighbours(self.g, u[kk, bb], self.gather(xval, base), self.gather(waux, base), scale[bb])
+            lv = self.g.levels[best]
+            flat = new.reshape(-1)
+            for i in range(self.g.dim):
+                np.put(flat, base + i * self.S, lv[:, i])
         return new, on
 
     def indices(self, lev: np.ndarray) -> np.ndarray:
@@ -580,15 +622,21 @@ def _scan(sqx: np.ndarray, sq2: np.ndarray, key: np.ndarray) -> tuple[np.ndarray
     top = key.max(axis=0)
     near = key >= top - np.abs(top) * _f32(1e-4)
     near &= top > -np.inf
-    count = near.sum(axis=0)
-    win = np.where(count > 0, np.argmax(near, axis=0), -1)
+    # the first and the last near candidate of each column from max-reductions along axis 0 (a
+    # boolean sum or argmax along it is several times slower): count 0, 1 or "several" (2)
+    C = key.shape[0]
+    ramp = np.arange(1, C + 1, dtype=np.int16 if C < 2**15 else np.int32)[:, None]
+    last = np.max(np.multiply(near, ramp), axis=0)  # index + 1 of the last, 0 if none
+    first = C - np.max(np.multiply(near, ramp[::-1]), axis=0)  # C if none
+    count = np.where(last == 0, 0, np.where(first == last - 1, 1, 2))
+    win = np.where(last > 0, first, -1)
     S = sqx.shape[1]
     cols = np.arange(S)
     scale = np.zeros(S, _f32)
     # where the products C compares could overflow or fall into float32's subnormal range (huge or
     # tiny data), the few-ulp argument fails: those columns get the whole scan replayed
     extreme = ~((top < _f32(1e30)) & ((top > _f32(1e-30)) | (top == -np.inf)))
-    extreme |= ~(np.abs(sqx).max(axis=0) < _f32(1e18)) | ~(sq2.max(axis=0) < _f32(1e30))
+    extreme |= ~(np.maximum(sqx.max(axis=0), -sqx.min(axis=0)) < _f32(1e18)) | ~(sq2.max(axis=0) < _f32(1e30))
     if extreme.any():
         ex = np.flatnonzero(extreme)
         win[ex], scale[ex] = _scan_all(sqx[:, ex], sq2[:, ex])
@@ -597,14 +645,20 @@ def _scan(sqx: np.ndarray, sq2: np.ndarray, key: np.ndarray) -> tuple[np.ndarray
     scale[one] = sqx[win[one], cols[one]] / sq2[win[one], cols[one]]
     many = np.flatnonzero(count > 1)
     if many.size:
-        sub = near[:, many]
-        order = np.argsort(~sub, axis=0, kind="stable")[: int(count[many].max())]  # the near ones, in scan order
+        # the near candidates of each column in scan order: row k of `order` holds each column's
+        # k-th (`valid` marks the columns that have one)
+        col, cand = np.nonzero(near[:, many].T)  # by column, then candidate
+        k_of = np.arange(col.size) - np.searchsorted(col, col)
+        order = np.zeros((int(k_of.max()) + 1, many.size), np.intp)
+        valid_k = np.zeros(order.shape, bool)
+        order[k_of, col] = cand
+        valid_k[k_of, col] = True
         best = np.full(many.size, -_FLT_MAX, _f32)
         w = np.full(many.size, -1)
         sc = np.zeros(many.size, _f32)
         for k in range(order.shape[0]):
             c = order[k]
-            valid = sub[c, np.arange(many.size)]
+            valid = valid_k[k]
             qx = sqx[c, many]
             q2 = sq2[c, many]
             take = valid & (q2 > 0) & (qx * qx > best * q2)

@@ -65,9 +65,12 @@ CHUNK_BLOCKS = 1024
 """Super-blocks processed together: bounds the temporaries (a few MB each) while
 keeping numpy's per-call overhead small against the work per call."""
 
-_CHUNK_FACTOR = {"q3_K": 4}
-"""q3_K's descent makes a fixed number of small numpy calls per chunk whatever its size (the
-sub-blocks still moving are few): bigger chunks spread that cost, and the GIL it holds, thinner."""
+_CHUNK_FACTOR: dict[str, int] = {}
+"""Per-type multiples of CHUNK_BLOCKS (none at present). q3_K's descent makes a fixed number of
+small numpy calls per chunk whatever its size, but bigger chunks do not pay for that: their
+temporaries fall out of cache and past the allocator's reuse (fresh pages fault in again, costly
+on VMs); without an importance matrix its descent runs for several chunks at once instead
+(:func:`_q3_K_rows`)."""
 
 _f32 = np.float32
 _MAGIC = _f32(12582912.0)  # 1.5 * 2**23, nearest_int's rounding constant
@@ -143,6 +146,12 @@ def _round_clamp(f: np.ndarray, lo: int, hi: int, safe: bool) -> np.ndarray:
 def _is_safe(bound: np.ndarray) -> bool:
     """True when all per-sub-block magnitude bounds allow the rint fast path (NaN → False)."""
     return bool(np.all(np.abs(bound) <= _SAFE))
+
+
+def _all_safe(a: np.ndarray) -> bool:
+    """:func:`_is_safe` for every element of ``a`` at once: two whole-array reductions instead of
+    ``|a|`` and a per-column maximum (NaN → False: it propagates through both)."""
+    return bool(np.max(a) <= _SAFE) and bool(np.min(a) >= -_SAFE)
 
 
 def _seqsum_loop(a: np.ndarray, from_zero: bool = True) -> np.ndarray:
@@ -575,15 +584,45 @@ def _make_q3(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     * the rest get the exact element-by-element pass, and only those that
       changed go on to the next one.
 
+    This is the one-chunk composition of the steps: :func:`_q3_start` (start and first screen),
+    :func:`_q3_descend` (the passes over the sub-blocks still moving) and :func:`_q3_levels`;
+    quantize_q3_K (:func:`_q3_K_rows`) runs the descent once for the working sets of several
+    chunks, and recomputes levels only where the final requantisation keeps them.
     Returns ``(scale, L+4, amax)``.
     """
+    st = _q3_start(x)
+    g1, g2 = st.sumlx[st.where], st.suml2[st.where]
+    _q3_descend(st.gx, st.gl, g1, g2)
+    st.sumlx[st.where] = g1
+    st.suml2[st.where] = g2
+    return st.scale(), _q3_levels(x, st), st.amax
+
+
+class _Q3State:
+    """One chunk's make_q3_quants after its first screen: the sums of every sub-block, and the
+    working set (sub-blocks ``where``, their data ``gx`` and biased levels ``gl``) of those the
+    descent may still change. Levels are not kept for the rest: they are the starting ones."""
+
+    def __init__(self, amax: np.ndarray, zero: np.ndarray, iscale: np.ndarray, safe: bool, sumlx: np.ndarray,
+                 suml2: np.ndarray, where: np.ndarray, gx: np.ndarray, gl: np.ndarray) -> None:
+        self.amax, self.zero, self.iscale, self.safe = amax, zero, iscale, safe
+        self.sumlx, self.suml2, self.where, self.gx, self.gl = sumlx, suml2, where, gx, gl
+
+    def scale(self) -> np.ndarray:
+        scale = np.where(self.suml2 > 0, self.sumlx / self.suml2, _ZERO)
+        return np.where(self.zero, _ZERO, scale) if self.zero.any() else scale
+
+
+def _q3_start(x: np.ndarray) -> _Q3State:
+    """The starting levels and sums of :func:`_make_q3`, and the first pass's screen over the chunk."""
     nmax = 4
     amax, mx, has_nan = _abs_max(x, scratch=True)
     zero = amax < _GROUP_MAX_EPS
     mxs = np.where(zero, _f32(1), mx)
     iscale = _f32(-nmax) / mxs
+    safe = not has_nan and _is_safe(iscale * mxs)
     lev = np.multiply(x, iscale, out=_buf("q3.lev", x))
-    _round_clamp_into(lev, -nmax, nmax - 1, not has_nan and _is_safe(iscale * mxs))
+    _round_clamp_into(lev, -nmax, nmax - 1, safe)
     w = np.multiply(x, x, out=_buf("q3.p2", x))
     p1 = np.multiply(w, x, out=_buf("q3.p1", x))
     p1 *= lev  # w*x[i]*L[i], each element's share of sumlx
@@ -595,44 +634,84 @@ def _make_q3(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lev_b = _buf("q3.lev_b", x, np.int32)
     np.copyto(lev_b, lev, casting="unsafe")
     lev_b += _Q3_BIAS
-    # all-zero sub-blocks keep L = 0 and never enter the descent
-    cols = np.flatnonzero(~zero) if zero.any() else None
-    for _ in range(5):
-        if cols is None:
-            sx, sl, sp1, sp2, s1, s2 = x, lev_b, p1, p2, sumlx, suml2
-        else:
-            if cols.size == 0:
-                break
-            sx, sl, sp1, sp2 = x[:, cols], lev_b[:, cols], p1[:, cols], p2[:, cols]
-            s1, s2 = sumlx[cols], suml2[cols]
-        _, cand = _q3_candidates(sx, sl, np.subtract(s1, sp1, out=_buf("q3.slx", sp1)),
-                                 np.subtract(s2, sp2, out=_buf("q3.sl2", sp2)), scratch=True)
-        live_mask = np.logical_or.reduce(cand, axis=0)
-        if not live_mask.any():
-            break
-        if live_mask.all():
-            gx, gl, gp1, gp2, g1, g2 = sx, sl, sp1, sp2, s1, s2
-            where = slice(None) if cols is None else cols
-        else:
-            live = np.flatnonzero(live_mask)
-            gx, gl, gp1, gp2 = sx[:, live], sl[:, live], sp1[:, live], sp2[:, live]
-            g1, g2 = s1[live], s2[live]
-            where = live if cols is None else cols[live]
-        changed = _q3_pass(gx, gl, gp1, gp2, g1, g2)
-        if gl is not lev_b:
-            lev_b[:, where] = gl
-            p1[:, where] = gp1
-            p2[:, where] = gp2
-            sumlx[where] = g1
-            suml2[where] = g2
-        cols = np.flatnonzero(changed) if isinstance(where, slice) else where[changed]
-    lev_b -= _Q3_BIAS - nmax
-    np.copyto(lev, lev_b, casting="unsafe")
-    scale = np.where(suml2 > 0, sumlx / suml2, _ZERO)
+    # the first screen runs over the whole chunk in place; all-zero sub-blocks keep L = 0 and never
+    # enter the descent
+    _, cand = _q3_candidates(x, lev_b, np.subtract(sumlx, p1, out=p1), np.subtract(suml2, p2, out=p2), scratch=True)
+    live_mask = np.logical_or.reduce(cand, axis=0)
     if zero.any():
-        lev[:, zero] = 0
-        scale = np.where(zero, _ZERO, scale)
-    return scale, lev, amax
+        live_mask &= ~zero
+    where = np.flatnonzero(live_mask)
+    # the sub-blocks still moving (a fifth or so) are gathered with np.take, several times
+    # faster than a[:, cols] fancy indexing
+    return _Q3State(amax, zero, iscale, safe, sumlx, suml2, where,
+                    np.take(x, where, axis=1), np.take(lev_b, where, axis=1))
+
+
+def _q3_descend(gx: np.ndarray, gl: np.ndarray, g1: np.ndarray, g2: np.ndarray) -> None:
+    """The five descent passes of :func:`_make_q3` over a working set whose first screen is done:
+    data ``gx``, biased levels ``gl`` ``(16, M)``, sums ``g1``/``g2`` ``(M,)``, all updated in place.
+
+    The set shrinks from pass to pass (to the sub-blocks that changed, then passed the screen);
+    the shrunk arrays are copies, so their results are written back to the given ones."""
+    # each element's terms p1 = w·x·L, p2 = w·L·L (w = x²), as _q3_start computed them
+    p2 = np.multiply(gx, gx, out=_buf("q3.dp2", gx))
+    p1 = np.multiply(p2, gx, out=_buf("q3.dp1", gx))
+    lf = np.subtract(gl, _Q3_BIAS, out=_buf("q3.dlf", gx), casting="unsafe")  # exact: |l| <= 4
+    p1 *= lf
+    p2 *= lf
+    p2 *= lf
+    pos = np.arange(gx.shape[1])  # the working set's columns in the given arrays
+    x, lev, s1, s2 = gx, gl, g1, g2
+    shrinks = 0
+
+    def shrink(k: np.ndarray) -> tuple[np.ndarray, ...]:
+        # np.take into scratch arrays (fresh megabyte arrays would fault in page by page), two
+        # alternating sets so that a source is never its own destination
+        nonlocal shrinks
+        shrinks += 1
+        return tuple(np.take(a, k, axis=1, mode="clip",
+                             out=_buf(f"q3.ws{shrinks % 2}.{j}", (a.shape[0], k.size), a.dtype.type))
+                     for j, a in enumerate((x, lev, p1, p2)))
+
+    for it in range(5):
+        if pos.size == 0:
+            break
+        if it:
+            _, cand = _q3_candidates(x, lev, np.subtract(s1, p1, out=_buf("q3.dslx", p1)),
+                                     np.subtract(s2, p2, out=_buf("q3.dsl2", p2)), scratch=True)
+            keep = np.logical_or.reduce(cand, axis=0)
+            if not keep.any():
+                break
+            if not keep.all():
+                k = np.flatnonzero(keep)
+                pos, s1, s2 = pos[k], s1[k], s2[k]
+                x, lev, p1, p2 = shrink(k)
+        changed = _q3_pass(x, lev, p1, p2, s1, s2)
+        k = np.flatnonzero(changed)
+        if k.size == 0:
+            break
+        if lev is not gl:
+            gl[:, pos[k]] = np.take(lev, k, axis=1)
+            g1[pos[k]] = s1[k]
+            g2[pos[k]] = s2[k]
+        # unchanged sub-blocks are finished; drop them when that shrinks the set noticeably (one
+        # left in repeats the pass it just made: the same candidates, all rejected again)
+        if k.size < pos.size * 0.8:
+            pos, s1, s2 = pos[k], s1[k], s2[k]
+            x, lev, p1, p2 = shrink(k)
+
+
+def _q3_levels(x: np.ndarray, st: _Q3State) -> np.ndarray:
+    """The levels ``L+4`` (float32 ``(16, S)``) make_q3_quants ends with: the starting ones,
+    recomputed, with the descent's results in the working set, 0 in all-zero sub-blocks."""
+    lev = np.multiply(x, st.iscale, out=_buf("q3.lev", x))
+    _round_clamp_into(lev, -4, 3, st.safe)
+    lev += _f32(4)
+    if st.where.size:
+        lev[:, st.where] = st.gl - (_Q3_BIAS - 4)
+    if st.zero.any():
+        lev[:, st.zero] = 0
+    return lev
 
 
 # --------------------------------------------------------------------------- importance weights
@@ -809,8 +888,8 @@ def _requantize(
     else:
         np.copyto(q, x)
     q /= ds
-    # |q| <= (max|x| + |dm|) / |d| per sub-block; checked on the array itself (cheap next to the search)
-    safe = _is_safe(np.max(np.abs(q), axis=0))
+    # checked on the array itself (cheap next to the search)
+    safe = _all_safe(q)
     new = _round_clamp_into(q, lo, hi, safe)
     if live.all():
         return new
@@ -909,12 +988,61 @@ def _q5_K_chunk(blocks: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
 
 
 def _q3_K_chunk(blocks: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
-    nb = blocks.shape[0]
-    x = _element_major(blocks, 16)
-    if qw is not None:
-        return _q3_K_weighted(blocks, x, qw)
-    scales, lev, _ = _make_q3(x)
-    sc = scales.reshape(nb, 16)
+    if qw is None:
+        return _q3_K_rows(blocks)
+    return _q3_K_weighted(blocks, _element_major(blocks, 16), qw)
+
+
+_Q3_DESCENT_CHUNKS = 8
+"""Chunks whose descents run together (see :func:`_q3_K_rows`)."""
+
+
+def _q3_K_rows(rows: np.ndarray) -> np.ndarray:
+    """quantize_q3_K without an importance matrix. The descent's passes cost a fixed number of
+    numpy calls each whatever the number of sub-blocks (they are element by element), so they run
+    once for the working sets of several chunks, while everything else runs chunk by chunk (small
+    enough temporaries to stay in cache and in the allocator's reach): each chunk is started and
+    screened, the descent runs for the batch, then each chunk is finished and packed (its
+    element-major copy made again, cheaper than keeping it)."""
+    blocks, lead, nb_row = _prepare(rows)
+    out = np.empty((blocks.shape[0], TYPE_SIZES["q3_K"]), np.uint8)
+    step = CHUNK_BLOCKS * _CHUNK_FACTOR.get("q3_K", 1)
+    spans = [(a, min(a + step, blocks.shape[0])) for a in range(0, blocks.shape[0], step)]
+    with scratch_scope():
+        for k in range(0, len(spans), _Q3_DESCENT_CHUNKS):
+            batch = spans[k:k + _Q3_DESCENT_CHUNKS]
+            states = [_q3_start(_element_major(blocks[a:b], 16)) for a, b in batch]
+            _q3_descend_all(states)
+            for (a, b), st in zip(batch, states):
+                out[a:b] = _q3_K_end(_element_major(blocks[a:b], 16), st)
+    return out.reshape(*lead, nb_row * TYPE_SIZES["q3_K"])
+
+
+def _q3_descend_all(states: list[_Q3State]) -> None:
+    """:func:`_q3_descend` for the working sets of several chunks at once; results written back."""
+    if len(states) == 1:
+        st = states[0]
+        gx, gl = st.gx, st.gl
+    else:
+        m = sum(st.where.size for st in states)  # (scratch arrays: the batch's levels stay in use until it is packed)
+        gx = np.concatenate([st.gx for st in states], axis=1, out=_buf("q3.gx", (16, m)))
+        gl = np.concatenate([st.gl for st in states], axis=1, out=_buf("q3.gl", (16, m), np.int32))
+    g1 = np.concatenate([st.sumlx[st.where] for st in states])
+    g2 = np.concatenate([st.suml2[st.where] for st in states])
+    _q3_descend(gx, gl, g1, g2)
+    o = 0
+    for st in states:
+        m = st.where.size
+        st.gl = gl[:, o:o + m]
+        st.sumlx[st.where] = g1[o:o + m]
+        st.suml2[st.where] = g2[o:o + m]
+        o += m
+
+
+def _q3_K_end(x: np.ndarray, st: _Q3State) -> np.ndarray:
+    """q3_K's sub-block scales on 6 signed bits and the packed block from a finished descent."""
+    nb = x.shape[1] // 16
+    sc = st.scale().reshape(nb, 16)
     _, max_scale, _ = _abs_max(sc.T)
     nz = max_scale != 0  # `if (max_scale)`: NaN counts as set
     iscale = _f32(-32) / np.where(nz, max_scale, _f32(1))
@@ -926,19 +1054,45 @@ def _q3_K_chunk(blocks: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     hi2 = l6 >> 4
     packed[:, 8:12] = hi2[:, 0:4] | (hi2[:, 4:8] << 2) | (hi2[:, 8:12] << 4) | (hi2[:, 12:16] << 6)
     d = (_fp16_to_f32(d16)[:, None] * (l6.astype(_f32) - _f32(32))).reshape(-1)
-    lev = _requantize(x, lev - _f32(4), d, None, -4, 3) + _f32(4)
-
-    return _pack_q3_K(nb, _block_major(lev, nb), packed, d16)
+    return _q3_K_finish(x, lambda: _q3_levels(x, st), d, packed, d16)
 
 
-def _pack_q3_K(nb: int, L: np.ndarray, packed: np.ndarray, d16: np.ndarray) -> np.ndarray:
-    Lb = L.reshape(nb, 8, 32)
-    hmask = np.zeros((nb, 32), np.uint8)
-    for bit in range(8):
-        hmask |= (Lb[:, bit, :] >> 2) << bit  # L > 3  <=>  bit 2 set (L <= 7)
+def _q3_K_finish(x: np.ndarray, levels: Callable[[], np.ndarray], d: np.ndarray, packed: np.ndarray,
+                 d16: np.ndarray) -> np.ndarray:
+    """The final levels ``clamp(nearest_int(x/d), -4, 3) + 4`` (the search's, ``levels()``, where ``d`` is 0)
+    and the q3_K bytes, packed straight from the element-major ``(16, nb·16)`` layout: only the
+    96 packed bytes of a block are transposed to block order, not its 256 levels."""
+    nb = x.shape[1] // 16
+    live = d != 0
+    q = np.divide(x, np.where(live, d, _f32(1)), out=_buf("requant.q", x))
+    _round_clamp_into(q, -4, 3, _all_safe(q))
+    q += _f32(4)
+    if not live.all():
+        np.copyto(q, levels(), where=~live)
+    L = _buf("q3.L8", x, np.uint8)
+    np.copyto(L, q, casting="unsafe")
     out = np.empty((nb, TYPE_SIZES["q3_K"]), np.uint8)
-    out[:, 0:32] = hmask
-    out[:, 32:96] = _pack_2bit(L & 3)
+    # For element i of block b the 16 sub-blocks' levels are 16 consecutive bytes: two
+    # little-endian words W_h holding sub-blocks 8h..8h+7, byte m = sub-block 8h + m, values <= 7.
+    # The bytes of each packed field come from every other byte of a word (m = 2k + t), gathered
+    # with shifts that move only zero bits onto the field's other bits.
+    W = L.view("<u8").reshape(16, nb, 2)
+    # hmask[b, 16t + i]: bit 4h + k = bit 2 of sub-block 8h + 2k + t (L > 3)
+    H = (W >> np.uint64(2)) & np.uint64(0x0101010101010101)
+    hm = np.empty((16, nb, 2), np.uint8)
+    for t in (0, 1):
+        Ht = H >> np.uint64(8 * t)
+        v = Ht | (Ht >> np.uint64(15)) | (Ht >> np.uint64(30)) | (Ht >> np.uint64(45))
+        v &= np.uint64(0xF)
+        hm[:, :, t] = v[:, :, 0] | (v[:, :, 1] << np.uint64(4))
+    out[:, 0:32] = hm.transpose(1, 2, 0).reshape(nb, 32)
+    # qs[b, 32h + 16t + i]: bits 2k..2k+1 = (sub-block 8h + 2k + t) & 3  (_pack_2bit's layout)
+    W &= np.uint64(0x0303030303030303)
+    qs = np.empty((16, nb, 2, 2), np.uint8)
+    for t in (0, 1):
+        Wt = W >> np.uint64(8 * t)
+        qs[:, :, :, t] = Wt | (Wt >> np.uint64(14)) | (Wt >> np.uint64(28)) | (Wt >> np.uint64(42))
+    out[:, 32:96] = qs.transpose(1, 2, 3, 0).reshape(nb, 64)
     out[:, 96:108] = packed
     out[:, 108:110] = d16.view(np.uint8).reshape(nb, 2)
     return out
@@ -961,8 +1115,7 @@ def _q3_K_weighted(blocks: np.ndarray, x: np.ndarray, qw: np.ndarray) -> np.ndar
     packed[:, 8:12] = hi2[:, 0:4] | (hi2[:, 4:8] << 2) | (hi2[:, 8:12] << 4) | (hi2[:, 12:16] << 6)
     d16 = _fp16_bits(d_block)
     d = (_fp16_to_f32(d16)[:, None] * (l6.astype(_f32) - _f32(32))).reshape(-1)
-    lev = _requantize(x, lev - _f32(4), d, None, -4, 3) + _f32(4)
-    return _pack_q3_K(nb, _block_major(lev, nb), packed, d16)
+    return _q3_K_finish(x, lambda: lev, d, packed, d16)
 
 
 def _q6_K_chunk(blocks: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
@@ -1016,7 +1169,7 @@ def quantize_q3_K(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.nda
     Byte-identical to ``quantize_row_q3_K_ref``: symmetric 3-bit levels refined by
     coordinate descent, 6-bit signed sub-block scales, one fp16 super-scale.
     """
-    return _run(rows, "q3_K", _q3_K_chunk, imatrix)
+    return _q3_K_rows(rows) if imatrix is None else _run(rows, "q3_K", _q3_K_chunk, imatrix)
 
 
 def quantize_q4_K(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
