@@ -61,7 +61,7 @@ def main() -> int:
     if not args.no_kernels:
         kernel_table(args.runs, [t for t in args.types.split(",") if t])
     if args.one_step:
-        one_step(args.runs, args.hidden, args.layers)
+        one_step(args.runs)
     if args.no_model:
         return 0
     import llama_cpp
@@ -167,40 +167,50 @@ def kernel_table(runs: int, only: list[str]) -> None:
     print("ratio: our time ÷ ggml's (lower is better for us)")
 
 
-def one_step(runs: int, hidden: int, layers: int) -> None:
-    """HF → iq4_xs with an importance matrix: lmconv in one step against convert_hf_to_gguf.py + llama-quantize."""
-    from fixtures.make_fixtures import build_llama
-    from tests.families.support import llama_cpp_tree
+def one_step(runs: int) -> None:
+    """HF → iq4_xs with an importance matrix: lmconv in one step against convert_hf_to_gguf.py + llama-quantize,
+    on benchmarks/run.py's small model (hidden 1024, 4 layers, 0.44 GB f32; a SentencePiece tokenizer that
+    llama.cpp's converter accepts), built into benchmarks/.models/ as run.py builds it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run import build_models, child_env, obtain_reference
+
     from tests.llamacpp_tools import llamacpp_tools
 
     tools = llamacpp_tools()
-    tree = llama_cpp_tree()
+    cache = ROOT / "benchmarks" / ".models"
+    cache.mkdir(parents=True, exist_ok=True)
+    src = build_models(cache, True, False)["f32"]
+    tree = obtain_reference(cache)
+    env = child_env({"NO_LOCAL_GGUF": "1", "PYTHONPATH": str(tree / "gguf-py")})
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        build_llama(d / "m", hidden_size=hidden, intermediate_size=hidden * 3, num_layers=layers,
-                    num_heads=16, num_kv_heads=4, vocab_size=32000)
         f32 = d / "f32.gguf"
-        subprocess.run([sys.executable, "-m", "lmconv", str(d / "m"), str(f32), "--quiet"], check=True)
+        subprocess.run([sys.executable, "-m", "lmconv", str(src), str(f32), "--quiet"], check=True)
         imatrix = d / "imatrix.gguf"
         subprocess.run([str(tools["llama-imatrix"]), "-m", str(f32), "-f", str(ROOT / "fixtures" / "texts" / "multilingual.txt"),
                         "-o", str(imatrix), "-c", "128", "--no-ppl"], check=True, capture_output=True)
         ours, theirs = [], []
-        env = {**os.environ, "NO_LOCAL_GGUF": "1", "PYTHONPATH": str(tree / "gguf-py")}
         for _ in range(runs):
             ours.append(timed(lambda: subprocess.run(
-                [sys.executable, "-m", "lmconv", str(d / "m"), str(d / "ours.gguf"), "--quant", "iq4_xs",
+                [sys.executable, "-m", "lmconv", str(src), str(d / "ours.gguf"), "--quant", "iq4_xs",
                  "--imatrix", str(imatrix), "--force", "--quiet"], check=True)))
 
             def reference() -> None:
-                subprocess.run([sys.executable, str(tree / "convert_hf_to_gguf.py"), str(d / "m"), "--outfile",
+                subprocess.run([sys.executable, str(tree / "convert_hf_to_gguf.py"), str(src), "--outfile",
                                 str(d / "ref-f32.gguf"), "--outtype", "f32"], check=True, capture_output=True, env=env)
                 subprocess.run([str(tools["llama-quantize"]), "--imatrix", str(imatrix), str(d / "ref-f32.gguf"),
                                 str(d / "theirs.gguf"), "IQ4_XS", str(os.cpu_count() or 1)], check=True, capture_output=True)
 
             theirs.append(timed(reference))
+        from gguf import GGUFReader
+
+        def by_name(path: Path) -> dict[str, tuple[int, bytes]]:
+            return {t.name: (int(t.tensor_type), bytes(t.data)) for t in GGUFReader(path).tensors}
+
+        same = by_name(d / "ours.gguf") == by_name(d / "theirs.gguf")
         o, t = statistics.median(ours), statistics.median(theirs)
-        print(f"HF → iq4_xs (+imatrix), {hidden}×{layers} layers: lmconv {o:.2f}s, convert_hf_to_gguf.py + "
-              f"llama-quantize {t:.2f}s, ratio {o / t:.2f}")
+        print(f"HF → iq4_xs (+imatrix), {src.name}: lmconv {o:.2f}s, convert_hf_to_gguf.py + llama-quantize "
+              f"{t:.2f}s, ratio {o / t:.2f}; tensors identical: {'yes' if same else 'NO'} (median of {runs})")
 
 
 if __name__ == "__main__":
