@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from lmconv.plugins.quantizers import grids
 from lmconv.plugins.quantizers import iquants as iq
 
-from tests.test_kquants import _ggml_base
+from tests.test_kquants import _ggml_base, random_matrix
 
 TYPES = list(iq.IQUANTIZERS)
 WITHOUT_IMATRIX = [t for t in TYPES if t not in iq.NEEDS_IMATRIX]
@@ -64,22 +64,6 @@ def check(lib: ctypes.CDLL, name: str, x: np.ndarray, imatrix: np.ndarray | None
 # --------------------------------------------------------------------------- random rows
 
 
-def _matrix(kind: str, rng: np.random.Generator, shape: tuple[int, int] = (6, 512)) -> np.ndarray:
-    if kind == "normal":
-        return rng.standard_normal(shape, dtype=np.float32)
-    if kind == "uniform":
-        return rng.uniform(-3, 5, shape).astype(np.float32)
-    if kind == "heavy":  # Student-t: outliers in many blocks
-        return (rng.standard_t(2, shape) * 0.02).astype(np.float32)
-    if kind == "scaled":  # every row at its own magnitude, 1e-12 … 1e12
-        return (rng.standard_normal(shape) * 10.0 ** rng.integers(-12, 13, (shape[0], 1))).astype(np.float32)
-    if kind == "weights":  # trained-weight-like: small, a few big columns
-        x = rng.standard_normal(shape).astype(np.float32) * np.float32(0.02)
-        x[:, rng.integers(0, shape[1], 6)] *= 40
-        return x
-    raise AssertionError(kind)
-
-
 def _imatrix(kind: str, rng: np.random.Generator, n: int) -> np.ndarray | None:
     if kind == "none":
         return None
@@ -102,7 +86,7 @@ def _imatrix(kind: str, rng: np.random.Generator, n: int) -> np.ndarray | None:
 @pytest.mark.parametrize("name", TYPES)
 def test_random_rows_are_byte_exact(ggml: ctypes.CDLL, name: str, kind: str) -> None:
     rng = np.random.default_rng(zlib.crc32(f"{name}-{kind}".encode()))
-    x = _matrix(kind, rng)
+    x = random_matrix(kind, rng, (6, 512), decades=12)
     for ik in ("lognormal", "zeros", "allzero", "sparse", "none"):
         w = _imatrix(ik, rng, x.shape[1])
         if w is None and name in iq.NEEDS_IMATRIX:

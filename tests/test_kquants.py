@@ -71,16 +71,17 @@ def assert_same_bytes(ours: np.ndarray, ref: np.ndarray, name: str) -> None:
 # --------------------------------------------------------------------------- random matrices
 
 
-def _matrix(kind: str, rng: np.random.Generator) -> np.ndarray:
-    shape = (24, 768)
+def random_matrix(kind: str, rng: np.random.Generator, shape: tuple[int, int] = (24, 768), decades: int = 30) -> np.ndarray:
+    """Rows that find a quantiser's corners (tests/test_iquants.py uses them too); the "scaled" rows span
+    1e-decades … 1e+decades."""
     if kind == "normal":
         return rng.standard_normal(shape, dtype=np.float32)
     if kind == "uniform":
         return rng.uniform(-3, 5, shape).astype(np.float32)
     if kind == "heavy":  # Student-t: outliers in many blocks
         return (rng.standard_t(2, shape) * 0.02).astype(np.float32)
-    if kind == "scaled":  # every row at its own magnitude, 1e-30 … 1e30
-        return (rng.standard_normal(shape) * 10.0 ** rng.integers(-30, 31, (shape[0], 1))).astype(np.float32)
+    if kind == "scaled":  # every row at its own magnitude
+        return (rng.standard_normal(shape) * 10.0 ** rng.integers(-decades, decades + 1, (shape[0], 1))).astype(np.float32)
     if kind == "weights":  # trained-weight-like: small, a few big columns
         x = rng.standard_normal(shape).astype(np.float32) * np.float32(0.02)
         x[:, rng.integers(0, shape[1], 6)] *= 40
@@ -91,7 +92,7 @@ def _matrix(kind: str, rng: np.random.Generator) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["normal", "uniform", "heavy", "scaled", "weights"])
 @pytest.mark.parametrize("name", TYPES)
 def test_random_matrices_are_byte_exact(ggml: ctypes.CDLL, name: str, kind: str) -> None:
-    x = _matrix(kind, np.random.default_rng(abs(hash((name, kind))) % 2**32))
+    x = random_matrix(kind, np.random.default_rng(abs(hash((name, kind))) % 2**32))
     assert_same_bytes(kq.KQUANTIZERS[name](x), c_quantize(ggml, name, x), name)
 
 
