@@ -10,7 +10,9 @@ and prints the median of --runs runs with ratios.
 Then the kernel table (--kernels, the default): every type lmconv quantises, with an importance matrix
 (lognormal weights, as llama-imatrix's span a few decades) and without one where ggml allows it, our
 numpy kernel against ggml's ``ggml_quantize_chunk`` on the same 4M-element matrix, on 1 thread and on
-2 (the rows split in two halves, each on its own Python thread for us and through ctypes for ggml).
+2 (the rows split in two halves, each on its own Python thread for us and through ctypes for ggml). Ours
+at 1 thread runs in-process; at 2 each thread hands its half to a worker process, as the pipeline does
+(plugins/quantizers/offload.py), so the column includes pickling the rows there and back.
 ggml builds its lattice tables on a type's first call; a warm-up call keeps that out of the timings.
 
 With --one-step: HF folder → iq4_xs GGUF with an importance matrix, lmconv in one command against
@@ -117,6 +119,7 @@ def kernel_table(runs: int, only: list[str]) -> None:
 
     import numpy as np
     from gguf import GGMLQuantizationType
+    from lmconv.plugins.quantizers import offload
     from lmconv.registry import get_registry
 
     from tests.test_kquants import _ggml_base
@@ -138,6 +141,13 @@ def kernel_table(runs: int, only: list[str]) -> None:
         q = reg.quantizer(name).quantize
         q(rows) if imatrix is None else q(rows, imatrix=imatrix)
 
+    def ours_in_process(name: str, rows: np.ndarray, imatrix: np.ndarray | None) -> None:
+        os.environ[offload.ENV] = "0"  # one thread: the kernel runs right here
+        try:
+            ours(name, rows, imatrix)
+        finally:
+            os.environ.pop(offload.ENV)
+
     def two(fn, name: str, imatrix: np.ndarray | None) -> None:  # type: ignore[no-untyped-def]
         ts = [threading.Thread(target=fn, args=(name, h, imatrix)) for h in halves]
         for t in ts:
@@ -151,15 +161,17 @@ def kernel_table(runs: int, only: list[str]) -> None:
     for name in only or KERNEL_TYPES:
         for imatrix in ((w,) if name in NEEDS_IMATRIX else (w, None)):
             ggml(name, x[:1], imatrix if imatrix is not None else None)  # ggml builds its lattice tables
-            ours(name, x[:1], imatrix)
+            ours_in_process(name, x[:1], imatrix)
+            two(ours, name, imatrix)  # both workers started and their lattice tables built
             cols = []
             for threads in (1, 2):
                 def run(f, name=name, imatrix=imatrix, threads=threads):  # type: ignore[no-untyped-def]
                     return f(name, x, imatrix) if threads == 1 else two(f, name, imatrix)
 
+                mine = ours_in_process if threads == 1 else ours
                 times: dict[str, list[float]] = {"ours": [], "ggml": []}
                 for _ in range(runs):
-                    times["ours"].append(timed(lambda run=run: run(ours)))
+                    times["ours"].append(timed(lambda run=run, mine=mine: run(mine)))
                     times["ggml"].append(timed(lambda run=run: run(ggml)))
                 o, g = statistics.median(times["ours"]), statistics.median(times["ggml"])
                 cols.append(f"{o * 1000:>10.0f} {g * 1000:>10.0f} {o / g:>6.2f}")

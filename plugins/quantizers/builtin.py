@@ -30,7 +30,7 @@ from lmconv.hookspecs import hookimpl
 from lmconv.options import Option
 from lmconv.quantizers import Preset, Quantizer, TensorChoice
 
-from . import legacy
+from . import legacy, offload
 from .imatrix import load_imatrix
 from .iquants import IQUANTIZERS
 from .kquants import KQUANTIZERS
@@ -106,7 +106,7 @@ def _gguf_py(name: str) -> Quantizer:
 
     def quantize(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
         if imatrix is not None and name in legacy.TYPE_SIZES:  # q8_0, f16, bf16: ggml ignores the matrix
-            return legacy.quantize_weighted(name, rows, imatrix)
+            return offload.run(partial(legacy.quantize_weighted, name), rows, imatrix)
         out = quants.quantize(np.ascontiguousarray(rows, dtype=np.float32), qtype)
         if d.numpy is not None:  # f16/bf16 come back as uint8/float16 arrays: give the IR's dtype
             out = out.view(d.numpy) if out.dtype != d.numpy else out
@@ -128,7 +128,7 @@ def _kquant(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> Quantizer:
     def quantize(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         flat = rows.reshape(-1, rows.shape[-1])
-        return fn(flat, imatrix).reshape(d.storage_shape(rows.shape))
+        return offload.run(fn, flat, imatrix).reshape(d.storage_shape(rows.shape))
 
     return Quantizer(name=name, dtype=d, quantize=quantize, dequantize=lambda b: quants.dequantize(b, qtype),
                      description="lmconv numpy K-quant, byte-identical to llama.cpp's (with or without an imatrix)",
@@ -142,7 +142,7 @@ def _iquant(name: str, fn: Callable[..., np.ndarray]) -> Quantizer:
     def quantize(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         flat = rows.reshape(-1, rows.shape[-1])
-        return fn(flat, imatrix).reshape(d.storage_shape(rows.shape))
+        return offload.run(fn, flat, imatrix).reshape(d.storage_shape(rows.shape))
 
     return Quantizer(name=name, dtype=d, quantize=quantize, dequantize=lambda b: quants.dequantize(b, qtype),
                      description="lmconv numpy i-quant, byte-identical to llama.cpp's (with or without an imatrix)",
