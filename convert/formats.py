@@ -8,7 +8,7 @@ write-only plugin only implements its half.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,29 @@ class WriteOptions:
     extra: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[int], None] = lambda n: None
     warn: Callable[[str], None] = lambda msg: None
+
+
+WRITTEN_STEPS = "lmconv.written_steps"
+"""``model.metadata`` key of the lossy steps a writer applied beyond the stored types, for ``--verify``."""
+
+
+def record_written_steps(model: Any, path: str | Path, names: Iterable[str], steps: Iterable[str]) -> None:
+    """Tell verification that the tensor known by ``names`` was written to ``path`` with ``steps``
+    of the writer's own (``imatrix:q6_K``: a search whose bound has an allowance of its own).
+
+    Verification reads a tensor's lossy steps from the model as written and from its stored type;
+    a step the writer takes itself would be lost. Keyed by the output's file name, which a staged
+    write keeps, so the rungs of a quant ladder sharing one model each keep theirs."""
+    steps = list(steps)
+    if steps:
+        per_file = model.metadata.setdefault(WRITTEN_STEPS, {}).setdefault(Path(path).name, {})
+        for n in names:
+            per_file[n] = steps
+
+
+def written_steps(model: Any, path: str | Path) -> dict[str, list[str]]:
+    """What :func:`record_written_steps` recorded for the output ``path``: tensor name → steps."""
+    return dict((model.metadata.get(WRITTEN_STEPS) or {}).get(Path(path).name, {}))
 
 
 @dataclass(frozen=True)

@@ -233,29 +233,41 @@ def _hostile_rows() -> list[np.ndarray]:
         np.where(rng.random((8, 1024)) < 0.01, 50, 1) * rng.standard_normal((8, 1024)),  # outliers
         rng.standard_normal((8, 1024)) * 1e-6,  # block scales in f16's subnormal range
         rng.choice([-1.0, 1.0, 0.999, -0.5, 0.0], (8, 1024)),
+        # sparse: half the elements and a third of the 32-element sub-blocks exactly zero (iq3_s: ggml
+        # gives a zero sub-block no slot, so the later ones decode with their neighbours' codes and signs)
+        (rng.standard_normal((8, 32, 32)) * (rng.random((8, 32, 32)) < 0.5)
+         * (rng.random((8, 32, 1)) < 0.67)).reshape(8, 1024),
     ]
 
 
+LATTICE = ["iq3_s", "iq3_xxs", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_s", "iq1_m"]
+NEEDS_IMATRIX = ("iq2_xxs", "iq2_xs", "iq1_s")  # ggml refuses these without one
+
+
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K",
-                                   "iq4_nl", "iq4_xs"])
+                                   "iq4_nl", "iq4_xs", *LATTICE])
 def test_bounds_hold_on_hostile_data(qtype: str) -> None:
-    """The derived bounds against our (llama.cpp byte-identical) quantisers on awkward data."""
+    """The derived bounds against our (llama.cpp byte-identical) quantisers on awkward data (the
+    types that need an importance matrix get a uniform one), and the bound is the documented one."""
     from lmconv.registry import get_registry
 
     q = get_registry().quantizer(qtype)
     bound = V.bound_for(f"quant:{qtype}")
+    row = next(line for line in DOC.splitlines() if line.startswith(f"| {qtype} |"))
+    assert all(_fmt_coef(coef) in row for _, coef in bound.blocks), (row, bound.describe())
+    w = np.ones(1024, np.float32) if qtype in NEEDS_IMATRIX else None
     for x in _hostile_rows():
         x = x.astype(np.float32)
-        y = q.dequantize(q.quantize(x)).reshape(x.shape).astype(np.float64)
+        y = q.dequantize(q.quantize(x, imatrix=w)).reshape(x.shape).astype(np.float64)
         a = x.astype(np.float64)
         tol = bound.tolerance(np.abs(a)) * V.SLACK
         assert np.all(np.abs(a - y) <= tol), float(np.max(np.abs(a - y) / tol))
 
 
-@pytest.mark.parametrize("qtype", ["q4_0", "q5_0", "q3_K", "q6_K", "iq4_nl", "iq4_xs"])
+@pytest.mark.parametrize("qtype", ["q4_0", "q5_0", "q3_K", "q6_K", "iq4_nl", "iq4_xs", *LATTICE])
 def test_bounds_hold_with_hostile_importance_weights(qtype: str) -> None:
     """With an importance matrix the scale search is weighted: the type's bound plus its declared
-    ``imatrix:TYPE`` allowance (none for the iq4 types, whose derivation holds for any positive
+    ``imatrix:TYPE`` allowance (none for the i-quants, whose derivations hold for any positive
     weights) must hold for weights spread over decades, concentrated on one column, or near zero."""
     from lmconv.bounds import declared, sum_bounds
     from lmconv.registry import get_registry

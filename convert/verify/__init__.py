@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..bounds import SLACK, override_bound
+from ..formats import written_steps
 from ..ir import Model, Tensor
 from ..pipeline import read_model
 from .compare import TensorResult, compare_tensors, name_table
@@ -150,8 +151,18 @@ def verify_conversion(result: Any, quiet: bool = False) -> Report:
     if written.config and a.config != written.config:
         a.config = written.config  # the conversion used --config: that is the reference
     assume: dict[str, list[str]] = {}
+    # steps the writer took itself (imatrix:TYPE), recorded under the names it wrote: read back, each
+    # tensor's stored form carries that name
+    extra = written_steps(written, _main_output(result.outputs))
+    if extra:
+        for tb in b:
+            for n in (stored(tb).name, *stored(tb).aliases):
+                if n in extra:
+                    extra.setdefault(tb.name, extra[n])
     for t in written:
         tags = sorted(s for s in lossy_tags(t) if s.startswith(("cast:", "quant:")))
+        more = next((extra[n] for n in (t.name, *t.aliases) if n in extra), [])
+        tags = sorted(set(tags) | set(more))
         if tags:
             for n in (t.name, *t.aliases):
                 assume[n] = tags
@@ -167,7 +178,7 @@ def verify_conversion(result: Any, quiet: bool = False) -> Report:
             kind, _, what = s.partition(":")
             if kind == "cast" and represents(_dt.get(what), value_dtype(ta)):
                 continue
-            if kind == "quant" and stored(ta).dtype.is_quantized and stored(ta).dtype.name == what:
+            if kind in ("quant", "imatrix") and stored(ta).dtype.is_quantized and stored(ta).dtype.name == what:
                 continue
             keep.append(s)
         assume[n] = keep

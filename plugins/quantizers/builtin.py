@@ -75,6 +75,42 @@ BOUNDS: dict[str, Bound] = {
                     why="as iq4_nl per 32 (|scale| <= 7m/120), the scale rounded to a 6-bit multiple of "
                         "max_scale/32 (<= M/1100 off): inside the table 12|dl| <= 0.7m + 0.011M, beyond it or "
                         "zeroed at most |x| <= m; f16(d) adds 127·u16·max_scale"),
+        # The lattice i-quants (docs/verification.md, "Derivations"): a block's scale s is a weighted
+        # least-squares mean of x/q over levels |q| >= q_min (1, IQ1: 1/8), so s <= m/q_min for any
+        # positive weights; it is stored as an odd multiple (2·ls+1)·d of d = max_scale/31 (IQ1: /15),
+        # at most d above s; an element decodes to at most that times the largest grid value times the
+        # stored-scale factor (G below). A lightly weighted element has no say in s nor, through the
+        # neighbour search, in its own level, so it may decode to G·(s + d) whatever its value: the
+        # error is at most that, plus |x| where the decoded sign can differ from x's.
+        block_bound("iq3_s", 32, 1 + 1.033 * 15 * (1 + U16), super_coef=1.033 * 15 * (1 + U16) / 31,
+                    scale_levels=31 * 15,
+                    why="s <= m (levels 1..15), 2ls+1 odd multiples of d = max_scale/31 <= M/31, grid <= 15, "
+                        "d stored ·1.033: |y| <= 15.5·(m + M/31); signs are x's except after an all-zero "
+                        "sub-block (ggml then shifts the later codes and signs): + |x|"),
+        block_bound("iq3_xxs", 32, 1 + 1.0125 * 15.5 * (1 + U16), super_coef=1.0125 * 15.5 * (1 + U16) / 31,
+                    scale_levels=481,
+                    why="s <= m (levels 1..15), d = max_scale/31, largest grid value 62/4 = 15.5, d stored "
+                        "·1.0125: |y| <= 15.7·(m + M/31); the parity sign (one element per 8 flipped back) "
+                        "and a negative fit flipping all signs: + |x|"),
+        block_bound("iq2_s", 16, 0.9875 * 43 / 8 * (1 + U16), super_coef=0.9875 * 43 / 8 * (1 + U16) / 31,
+                    scale_levels=167,
+                    why="s <= m (levels 1, 3, 5), d = max_scale/31, largest grid value 43/8, d stored ·0.9875: "
+                        "|y| <= 5.31·(m + M/31); signs are x's (free sign bits), so |err| <= max(|x|, |y|)"),
+        block_bound("iq2_xs", 16, 1 + 43 / 8 * (1 + U16), super_coef=43 / 8 * (1 + U16) / 31, scale_levels=167,
+                    why="s <= m (levels 1, 3, 5), d = max_scale/31, largest grid value 43/8: "
+                        "|y| <= 5.375·(m + M/31); parity sign and negative-fit flip: + |x|"),
+        block_bound("iq2_xxs", 32, 1 + 43 / 8 * (1 + U16), super_coef=43 / 8 * (1 + U16) / 31, scale_levels=167,
+                    why="s <= m (levels 1, 3, 5; make_qp_quants' start is refitted), d = max_scale/31, largest "
+                        "grid value 43/8: |y| <= 5.375·(m + M/31); parity sign and negative-fit flip: + |x|"),
+        block_bound("iq1_s", 32, 1 + 1.125 * 9 / 8 * 8 * (1 + U16), super_coef=1.125 * 9 / 8 * 8 / 15 * (1 + U16),
+                    scale_levels=17,
+                    why="levels ±1±1/8 and ±1/8: s <= 8m, d = max_scale/15 <= 8M/15, |grid + shift| <= 9/8, "
+                        "d stored ·1.125: |y| <= 1.27·(8m + 8M/15); decoded signs are free: + |x|"),
+        block_bound("iq1_m", 16, 1.0, super_coef=1.1125 * 15 * 9 / 8 * 8 * (1 + U16), scale_levels=17,
+                    why="the super-block scale d' is refitted over all 256 elements, a mean of x/Q over "
+                        "Q = q·(2ls+1) with |q| >= 1/8, of either sign (a block whose fit the neighbour search "
+                        "turned negative keeps its old scale but enters d' with the new levels): |d'| <= 8M; "
+                        "stored ·1.1125, times (2ls+1) <= 15 and |grid + shift| <= 9/8: |y| <= 150·M, + |x|"),
     )
 }
 

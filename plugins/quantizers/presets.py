@@ -487,6 +487,10 @@ def _mixture_type(st: _State, new_type: str, name: str, ne0: int, ftype: int, ca
     return new_type
 
 
+_GGML_ASSERTS_IMATRIX = frozenset({"IQ2_XXS", "IQ2_XS", "IQ1_S"})
+"""Types whose ggml quantiser asserts it was given importance weights (``ggml_quantize_requires_imatrix``)."""
+
+
 def requires_imatrix(name: str, type_name: str, ftype: int | None) -> bool:
     """tensor_requires_imatrix: the 1-2 bit lattice types and IQ3_XXS (and Q2_K in a Q2_K_S file)
     are refused without an importance matrix; the token embedding and output never are."""
@@ -657,4 +661,11 @@ def choose_tensor_types(
             if name not in imatrix and new_type != current:
                 raise ValueError(f"the importance matrix has no data for {name}, which {key} makes {new_type} "
                                  f"(llama-quantize refuses that too)")
+        elif new_type in _GGML_ASSERTS_IMATRIX and new_type != current and (imatrix is None or name not in imatrix):
+            # the embedding or output head (--pure, an override): llama-quantize lets them through and
+            # ggml then aborts in the quantiser; say so in one line instead
+            raise ValueError(f"{name} would be {new_type}, which cannot be quantised without importance data, and "
+                             f"{'there is no --imatrix' if imatrix is None else 'the importance matrix has none for it'} "
+                             f"(llama-quantize aborts here): give it another type with --tensor-type "
+                             f"{re.escape(name)}=TYPE, --token-embedding-type or --output-tensor-type")
     return {name: result[name] for name, _, _ in entries}
