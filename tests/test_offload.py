@@ -147,3 +147,19 @@ def test_workers_do_not_outlive_an_interrupted_conversion(tmp_path: Path) -> Non
     left = [p for p in workers if Path(f"/proc/{p}").exists()
             and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]
     assert not left, f"workers still running: {left}"
+
+
+def test_workers_are_waited_for_at_exit() -> None:
+    """lmconv waits for its workers as it exits: none is left running, and their CPU time counts in
+    lmconv's own resource usage (what `time` and the benchmarks read through wait4)."""
+    code = ("import numpy as np; from lmconv.registry import get_registry; "
+            "from lmconv.plugins.quantizers import offload; "
+            "get_registry().quantizer('q4_K').quantize(np.ones((4, 256), np.float32)); "
+            "print(' '.join(str(w.proc.pid) for w in offload._pool.all))")
+    env = {**os.environ, offload.ENV: "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    _, _, usage = os.wait4(proc.pid, 0)
+    pids = [int(p) for p in proc.stdout.read().split()]  # type: ignore[union-attr]
+    assert pids
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()]
+    assert usage.ru_utime + usage.ru_stime > 0
