@@ -55,6 +55,25 @@ def record_written_steps(model: Any, path: str | Path, names: Iterable[str], ste
             per_file[n] = steps
 
 
+WRITTEN_REQUANTIZATION = "lmconv.written_requantization"
+"""``model.metadata`` key of how a writer quantised tensors whose error no bound covers, for ``--verify``."""
+
+
+def record_requantization(model: Any, path: str | Path, names: Iterable[str], quantizer: str, imatrix: Any) -> None:
+    """Tell verification that the tensor known by ``names`` was written to ``path`` as
+    ``quantizer(values, imatrix=imatrix)`` (``imatrix``: one row of importance weights, or one per
+    stacked expert), where no error bound holds (ggml's weighted fits of the asymmetric types):
+    verification then checks that the stored blocks are exactly what quantising the source gives."""
+    per_file = model.metadata.setdefault(WRITTEN_REQUANTIZATION, {}).setdefault(Path(path).name, {})
+    for n in names:
+        per_file[n] = (quantizer, imatrix)
+
+
+def written_requantization(model: Any, path: str | Path) -> dict[str, tuple[str, Any]]:
+    """What :func:`record_requantization` recorded for the output ``path``: name → (quantizer, weights)."""
+    return dict((model.metadata.get(WRITTEN_REQUANTIZATION) or {}).get(Path(path).name, {}))
+
+
 def written_steps(model: Any, path: str | Path) -> dict[str, list[str]]:
     """What :func:`record_written_steps` recorded for the output ``path``: tensor name → steps."""
     return dict((model.metadata.get(WRITTEN_STEPS) or {}).get(Path(path).name, {}))

@@ -363,6 +363,36 @@ def test_refuses_exactly_where_llama_quantize_does(models: dict[str, dict[str, P
     assert theirs_ok == (preset in ("iq4_nl", "iq4_xs", "iq3_m", "iq3_s", "q2_k", "q4_k_m"))
 
 
+@pytest.mark.parametrize(("preset", "flags", "seventh"), [("q4_1", ("--pure",), False), ("q5_1", ("--pure",), False),
+                                                      ("q4_k_m", (), True), ("q5_k_m", (), True)])
+def test_verify_requantizes_where_no_bound_holds(models: dict[str, dict[str, Path]], tmp_path: Path, preset: str,
+                                                 flags: tuple[str, ...], seventh: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a matrix, ggml's asymmetric types (q4_1, q5_1, q2_K, q4_K, q5_K) have no error bound
+    (docs/verification.md): llama-imatrix's own matrix takes q4_1/q5_1 past their plain bounds, one
+    with 10⁴ on every 7th column and 10⁻⁴ elsewhere takes q4_K/q5_K past theirs. ``--verify`` then
+    re-quantises the source with the recorded weights and passes a tensor whose blocks are exactly
+    that ("requantized"); without that check the same files fail."""
+    from lmconv.pipeline import convert
+    from lmconv.verify import compare, verify_conversion
+
+    m = models["llama"]
+    im = m["gguf_im"]
+    if seventh:
+        entries = {t.name: (1, np.where(np.arange(int(t.shape[0])) % 7 == 0, 1e4, 1e-4).astype(np.float32))
+                   for t in GGUFReader(m["gguf"]).tensors if len(t.shape) == 2 and t.name != "token_embd.weight"}
+        im = _dat(tmp_path / "seventh.dat", entries)
+    extra = {"imatrix": load_imatrix(im), **{f.lstrip("-"): True for f in flags}}
+    result = convert(str(m["hf"]), str(tmp_path / f"{preset}.gguf"), quant=preset, extra=extra)
+    report = verify_conversion(result, quiet=True)
+    requantized = [t for t in report.tensors if t.status == "requantized"]
+    assert report.ok and requantized, report.summary()
+    assert all(t.max_ratio is not None and t.max_ratio > 1 and "exactly the source quantised" in (t.detail or "")
+               for t in requantized)
+    monkeypatch.setattr(compare, "_requantizes", lambda *a: False)
+    assert not verify_conversion(result, quiet=True).ok
+
+
 @pytest.mark.parametrize("preset", ["iq2_xxs", "iq1_s"])
 def test_pure_on_the_embedding_and_output_head(models: dict[str, dict[str, Path]], tmp_path: Path, preset: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:

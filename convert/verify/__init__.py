@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..bounds import SLACK, override_bound
-from ..formats import written_steps
+from ..formats import written_requantization, written_steps
 from ..ir import Model, Tensor
 from ..pipeline import read_model
 from .compare import TensorResult, compare_tensors, name_table
@@ -50,6 +50,7 @@ def verify_models(
     atol: float | None = None,
     rtol: float | None = None,
     assume: Mapping[str, Iterable[str]] | None = None,
+    requant: Mapping[str, tuple[str, Any]] | None = None,
     logits: bool = False,
     ids: Sequence[int] | None = None,
     text: str | None = None,
@@ -61,7 +62,9 @@ def verify_models(
     ``policy``: None/"auto" (steps read from B), "lossless", a step spec for every tensor
     ("q8_0", "f16", "cast:f16+quant:q8_0"), a mapping name → spec, or a function name → spec
     (None = auto for that tensor). ``assume``: name → steps known to have been applied, added to
-    the detected ones. ``atol``/``rtol`` replace every bound by ``atol + rtol·|a|``.
+    the detected ones. ``requant``: name → (quantizer, importance weights) of tensors no bound covers,
+    checked by re-quantising A (:func:`compare_tensors`). ``atol``/``rtol`` replace every bound by
+    ``atol + rtol·|a|``.
     """
     override = override_bound(atol or 0.0, rtol or 0.0) if (atol is not None or rtol is not None) else None
     table_a, implied_a, skip_a = name_table(a)
@@ -109,8 +112,9 @@ def verify_models(
             for n in names:
                 extra += list(parse_steps(list(assume.get(n, ()))) or ())
             steps = tuple(dict.fromkeys([*steps, *extra]))
+        rq = next((requant[n] for n in names if n in requant), None) if requant else None
         results.append(compare_tensors(ta, tb, steps=steps, model_a=a, model_b=b, override=override,
-                                       name=name, aliases=aliases))
+                                       name=name, aliases=aliases, requant=rq))
     # Missing tensors where the model order puts them.
     results += missing
 
@@ -154,11 +158,13 @@ def verify_conversion(result: Any, quiet: bool = False) -> Report:
     # steps the writer took itself (imatrix:TYPE), recorded under the names it wrote: read back, each
     # tensor's stored form carries that name
     extra = written_steps(written, _main_output(result.outputs))
-    if extra:
-        for tb in b:
-            for n in (stored(tb).name, *stored(tb).aliases):
-                if n in extra:
-                    extra.setdefault(tb.name, extra[n])
+    requant = written_requantization(written, _main_output(result.outputs))
+    for recorded in (extra, requant):
+        if recorded:
+            for tb in b:
+                for n in (stored(tb).name, *stored(tb).aliases):
+                    if n in recorded:
+                        recorded.setdefault(tb.name, recorded[n])  # type: ignore[arg-type]
     for t in written:
         tags = sorted(s for s in lossy_tags(t) if s.startswith(("cast:", "quant:")))
         more = next((extra[n] for n in (t.name, *t.aliases) if n in extra), [])
@@ -182,7 +188,7 @@ def verify_conversion(result: Any, quiet: bool = False) -> Report:
                 continue
             keep.append(s)
         assume[n] = keep
-    report = verify_models(a, b, assume=assume)
+    report = verify_models(a, b, assume=assume, requant=requant)
     if not quiet:
         sys.stderr.write(f"lmconv: verify: {report.summary()}\n")
         sys.stderr.flush()

@@ -22,7 +22,7 @@ from ..ir import Model, Tensor
 from ..registry import get_registry
 from ..rule_engine import one_to_one
 from .steps import Steps, bound_for, stored
-from .values import num
+from .values import num, ratio
 
 CHUNK_ELEMENTS = 1 << 22  # statistics run over row chunks of about this many elements (float64 temporaries)
 
@@ -224,9 +224,13 @@ def _compare_arrays(a: np.ndarray, b: np.ndarray, bound: Bound | None) -> _Acc:
 
 def compare_tensors(
     ta: Tensor, tb: Tensor, *, steps: Steps, model_a: Model, model_b: Model, override: Bound | None = None,
-    name: str | None = None, aliases: Sequence[str] = (),
+    name: str | None = None, aliases: Sequence[str] = (), requant: tuple[str, np.ndarray] | None = None,
 ) -> TensorResult:
-    """Compare one pair (loads both, one pair only). ``steps`` are the lossy steps from A to B."""
+    """Compare one pair (loads both, one pair only). ``steps`` are the lossy steps from A to B.
+
+    ``requant``: ``(quantizer, importance weights)`` when the writer says B was quantised that way
+    where no bound holds (:func:`lmconv.formats.record_requantization`): if B's blocks are exactly
+    A, in B's stored layout, quantised so, the tensor passes as "requantized" whatever its error."""
     name = name or ta.name
     sa, sb = stored(ta), stored(tb)
     res = TensorResult(name=name, status="exact", ok=True, aliases=list(aliases), shape_a=list(ta.shape),
@@ -249,6 +253,7 @@ def compare_tensors(
         bound = None
     res.bound = bound.describe() if bound is not None else "exact"
 
+    same_blocks = False
     quant_steps = any(s.startswith("quant:") for s in steps) or sb.dtype.is_quantized
     layout = "hf"
     parts = _stored_parts_fn(model_b, tb) if quant_steps and sb is tb else None
@@ -275,6 +280,8 @@ def compare_tensors(
         else:
             a, b = _values(ta), _values(tb)
         res.layout = layout
+        same_blocks = (requant is not None and sb is not tb and sb.dtype.name == requant[0] and a.shape == b.shape
+                       and _requantizes(a, sb, *requant))
         # Bitwise: the stored bits, when both sides store the same type.
         if sa.dtype == sb.dtype and sa.shape == sb.shape and sa.dtype.is_quantized:
             res.bitwise = bool(np.array_equal(sa.load(), sb.load()))
@@ -287,7 +294,31 @@ def compare_tensors(
     finally:
         _release(ta, tb, sa if sa is not ta else None, sb if sb is not tb else None)
     _finish(res, acc, bound, shape, layout, sa.dtype == sb.dtype)
+    if same_blocks and res.status == "exceeds":
+        res.status, res.ok = "requantized", True
+        res.detail = (f"beyond the {sb.dtype.name} bound ({ratio(res.max_ratio)}), but the stored blocks are "
+                      f"exactly the source quantised with its importance weights: no bound holds for "
+                      f"{sb.dtype.name} with a matrix (docs/verification.md)")
     return res
+
+
+def _requantizes(a: np.ndarray, sb: Tensor, quantizer: str, weights: np.ndarray) -> bool:
+    """Whether ``sb``'s stored blocks equal ``quantizer(a, imatrix=weights)`` (one row of weights,
+    or one per stacked expert along ``a``'s first axis)."""
+    q = get_registry().quantizers.get(quantizer.lower())
+    if q is None or q.quantize is None:
+        return False
+    af = np.ascontiguousarray(a, dtype=np.float32)
+    w = np.asarray(weights, dtype=np.float32)
+    if w.ndim == 1:
+        blocks = np.asarray(q.quantize(af, imatrix=w))
+    else:
+        if af.ndim < 3 or af.shape[0] != w.shape[0]:
+            return False
+        blocks = np.stack([np.asarray(q.quantize(af[e], imatrix=w[e])) for e in range(w.shape[0])])
+    stored_blocks = np.ascontiguousarray(sb.load())
+    return blocks.nbytes == stored_blocks.nbytes and bool(
+        np.array_equal(np.ascontiguousarray(blocks).view(np.uint8).reshape(-1), stored_blocks.view(np.uint8).reshape(-1)))
 
 
 def _compare_parts(ta: Tensor, parts: tuple[Callable[[np.ndarray], list[np.ndarray]], tuple[Tensor, ...]],

@@ -71,7 +71,10 @@ class Report:
         if fails:
             more = f" (+{len(fails) - 1} more)" if len(fails) > 1 else ""
             return f"{len(fails)} problem{'s' if len(fails) > 1 else ''}: {fails[0]}{more}"
+        n_requant = sum(1 for t in compared if t.status == "requantized")
         text = f"OK: {len(compared)} tensors ({n_exact} exact, {n_within} within bounds"
+        if n_requant:
+            text += f", {n_requant} re-quantised exactly where no bound holds with the importance matrix"
         lossy = [t for t in compared if t.status == "within" and t.max_ratio is not None]
         if lossy:
             worst = max(lossy, key=lambda t: t.max_ratio or 0.0)

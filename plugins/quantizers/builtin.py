@@ -119,10 +119,16 @@ BOUNDS: dict[str, Bound] = {
 #: type's bound). Only where it can be derived: the symmetric types, whose levels are re-rounded
 #: (q3_K, q6_K) or searched (q4_0, q5_0) around a weighted least-squares scale that is a positive
 #: mean of x_j/l_j: every element then decodes to the same sign as x and at most the block's
-#: absmax away from it (a zero scale decodes to 0: error |x|). The asymmetric types (q4_1, q5_1,
-#: q2_K, q4_K, q5_K) fit a minimum as well, which weights concentrated on a few elements can
-#: extrapolate arbitrarily: no bound is derived for them with a matrix (their reference bounds held
-#: on realistic matrices, see docs/verification.md).
+#: absmax away from it (a zero scale decodes to 0: error |x|).
+#: None for the asymmetric types (q4_1, q5_1, q2_K, q4_K, q5_K): ggml's code has no bound. It solves
+#: their weighted scale-and-minimum fit (make_qkx3_quants) and, for the K-quants, the weighted 6-bit
+#: (q2_K: 4-bit) fit of the sub-blocks' scales and minima (make_qp_quants) in float32, by
+#: differences of sums that a few heavily weighted elements (sub-blocks) dominate; past float32's
+#: precision those are rounding noise, and ggml's own output is then off by 2.5-3.4 block maxima (q5_1,
+#: q4_1: weights 1 and 1e8) or 13-60 super-block maxima (q2_K, q5_K, q4_K), where exact arithmetic
+#: gives a few hundredths: tests/test_verify.py keeps those inputs, docs/verification.md
+#: ("With an importance matrix") the argument. Their tensors are judged by the type's plain bound,
+#: which a correct file can exceed (q4_1/q5_1 even with a benign matrix).
 IMATRIX_BOUNDS: dict[str, Bound] = {
     name: declare(Bound(f"imatrix:{name}", blocks=((block, 1.0),), abs=levels * F16_HALF_ULP_MIN,
                         why="weighted least-squares scale: same sign, at most the block's absmax off"))

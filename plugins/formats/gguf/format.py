@@ -26,7 +26,8 @@ from gguf.gguf_writer import WriterState
 from lmconv import dtypes as dt
 from lmconv.adapters import is_adapter
 from lmconv.errors import InputError, UsageError
-from lmconv.formats import Format, Plan, PlannedTensor, ReadOptions, WriteOptions, record_written_steps
+from lmconv.formats import (Format, Plan, PlannedTensor, ReadOptions, WriteOptions, record_requantization,
+                            record_written_steps)
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor, Tokenizer
 from lmconv.memmap import drop_pages
@@ -155,6 +156,7 @@ class Planned:
     aliases: dict[str, str]
     types: dict[str, dt.DType]
     quant_kv: dict[str, Any] = dc_field(default_factory=dict)  # quantize.imatrix.* (llama-quantize's keys)
+    weighted: dict[str, Any] = dc_field(default_factory=dict)  # name → importance weights, where no bound covers them
 
 
 def plan_gguf(model: Model, options: WriteOptions) -> Planned:
@@ -193,6 +195,7 @@ def plan_gguf(model: Model, options: WriteOptions) -> Planned:
                              for_runtime=layout is not None)
     out: list[Tensor] = []
     lacking: list[str] = []
+    unbounded: dict[str, Any] = {}
     for t in tensors:
         target = plan.get(t.name, t.dtype)
         fn = _convert_fn(t.dtype, target, warn, t.name)
@@ -206,6 +209,8 @@ def plan_gguf(model: Model, options: WriteOptions) -> Planned:
             step = gtypes.imatrix_step(target) if weighted is not None else None
             if step is not None:  # its weighted search has an allowance of its own (verification adds it)
                 t = t.replace(history=t.history + (step,))
+            elif weighted is not None:  # no bound holds: verification re-quantises the source instead
+                unbounded[t.name] = imatrix.weights_for(t.name, t.shape)
         if ggml_type(t.dtype) is None:
             raise UsageError(f"tensor {t.name!r} is {t.dtype.name}, which GGUF cannot store")
         out.append(t)
@@ -214,7 +219,7 @@ def plan_gguf(model: Model, options: WriteOptions) -> Planned:
         warn(f"the importance matrix has no data for {len(lacking)} tensor(s) ({', '.join(lacking[:3])}"
              f"{' …' if len(lacking) > 3 else ''}): quantised without it, as llama-quantize does")
     quant_kv = imatrix.metadata() if imatrix is not None else {}
-    return Planned(arch_name, out, arch_kv, aliases, plan, quant_kv)
+    return Planned(arch_name, out, arch_kv, aliases, plan, quant_kv, unbounded)
 
 
 def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
@@ -232,6 +237,9 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
         if steps:
             inputs = t.derivation.inputs if t.derivation is not None else ()
             record_written_steps(model, path, (t.name, *t.aliases, *(i.name for i in inputs)), steps)
+        w = planned.weighted.get(t.name)
+        if w is not None:
+            record_requantization(model, path, (t.name, *t.aliases), t.dtype.name, w if w.shape[0] > 1 else w[0])
     for t in out:  # first: the parameter count (for general.size_label) comes from the tensor list
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=ggml_type(t.dtype))
     if src_kv:  # a GGUF source: its description of the model carries over
