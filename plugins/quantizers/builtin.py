@@ -163,7 +163,9 @@ def _gguf_py(name: str) -> Quantizer:
                      description="gguf-py reference quantiser", bound=BOUNDS.get(name))
 
 
-def _kquant(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> Quantizer:
+def _numpy_quantizer(name: str, fn: Callable[..., np.ndarray], kind: str) -> Quantizer:
+    """One of our numpy kernels (:mod:`.kquants`, :mod:`.iquants`) as a quantiser: rows of any
+    leading shape in, blocks out, computed in a worker process when that pays (:mod:`.offload`)."""
     d = _block_dtype(name)
     qtype = GGMLQuantizationType[name.upper()]
 
@@ -173,21 +175,7 @@ def _kquant(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> Quantizer:
         return offload.run(fn, flat, imatrix).reshape(d.storage_shape(rows.shape))
 
     return Quantizer(name=name, dtype=d, quantize=quantize, dequantize=lambda b: quants.dequantize(b, qtype),
-                     description="lmconv numpy K-quant, byte-identical to llama.cpp's (with or without an imatrix)",
-                     bound=BOUNDS.get(name))
-
-
-def _iquant(name: str, fn: Callable[..., np.ndarray]) -> Quantizer:
-    d = _block_dtype(name)
-    qtype = GGMLQuantizationType[name.upper()]
-
-    def quantize(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
-        flat = rows.reshape(-1, rows.shape[-1])
-        return offload.run(fn, flat, imatrix).reshape(d.storage_shape(rows.shape))
-
-    return Quantizer(name=name, dtype=d, quantize=quantize, dequantize=lambda b: quants.dequantize(b, qtype),
-                     description="lmconv numpy i-quant, byte-identical to llama.cpp's (with or without an imatrix)",
+                     description=f"lmconv numpy {kind}, byte-identical to llama.cpp's (with or without an imatrix)",
                      bound=BOUNDS.get(name))
 
 
@@ -212,9 +200,9 @@ def register_quantizers(register: Any) -> None:
     for name in GGUF_PY_TYPES:
         register(_gguf_py(name))
     for name, fn in KQUANTIZERS.items():
-        register(_kquant(name, fn))
+        register(_numpy_quantizer(name, fn, "K-quant"))
     for name, fn in IQUANTIZERS.items():
-        register(_iquant(name, fn))
+        register(_numpy_quantizer(name, fn, "i-quant"))
     for q in _read_only():
         register(q)
     for preset in PRESETS.values():

@@ -696,6 +696,21 @@ def _split_levels(x: np.ndarray, i1: np.ndarray, i2: np.ndarray, order: np.ndarr
     return (rank >= i1).astype(np.int32) + (rank >= i2).astype(np.int32)
 
 
+def _best_split(sqx: np.ndarray, sq2: np.ndarray, key: np.ndarray, per: int, live: np.ndarray, x: np.ndarray,
+                i1: np.ndarray, i2: np.ndarray, order: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The IQ1 split search's winner: ``(split, variant)`` candidates ``(pairs, per, S)`` scanned as C
+    scans them; returns the blocks still live, the winning candidate, its levels and scale, and
+    where the scale came out negative (there levels and scale are mirrored: 2 − l, −scale)."""
+    S = sqx.shape[-1]
+    win, scale = _scan(sqx.reshape(-1, S), sq2.reshape(-1, S), key.reshape(-1, S))
+    live = live & (win >= 0)
+    pair = np.where(live, win // per, 0)
+    lev = _split_levels(x, i1[pair], i2[pair], order)
+    neg = (scale < 0) & live
+    return live, win, np.where(neg, 2 - lev, lev), np.where(neg, -scale, scale), neg
+
+
 def _iq1_grid(g: grids.Grid, x: np.ndarray, w: np.ndarray, lev: np.ndarray, scale: np.ndarray,
               xx: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Grid indices of the groups of 8 (``xx`` ``(ng, S, 3)`` per group), neighbours for those off the
@@ -759,18 +774,9 @@ def _iq1_s_chunk(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
             np.add(t, cw[a:], out=sq2[start:start + n, k])
         _keys(sqx[start:start + n], sq2[start:start + n], key[start:start + n])
         start += n
-    sqx = sqx.reshape(-1, S)
-    sq2 = sq2.reshape(-1, S)
-    key = key.reshape(-1, S)
-    win, scale = _scan(sqx, sq2, key)
+    live, win, lev, scale, neg = _best_split(sqx, sq2, key, 2, live, x, i1, i2, order)
     del sqx, sq2, key
-    live &= win >= 0
-    pair = np.where(live, win // 2, 0)
     shift = np.where(win % 2 == 0, 1, -1)
-    lev = _split_levels(x, i1[pair], i2[pair], order)
-    neg = (scale < 0) & live
-    lev = np.where(neg, 2 - lev, lev)
-    scale = np.where(neg, -scale, scale)
     shift = np.where(neg, -shift, shift)
     xx = np.where((shift == 1)[:, None], _X_P[None, :], _X_M[None, :])
     gi, lev, scale = _iq1_grid(g, x, w, lev, scale, np.broadcast_to(xx, (4, S, 3)), live)
@@ -835,18 +841,9 @@ def _iq1_m_chunk(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
             np.add(y0, y1, out=sq2[start:start + n, k])
         _keys(sqx[start:start + n], sq2[start:start + n], key[start:start + n])
         start += n
-    sqx = sqx.reshape(-1, S)
-    sq2 = sq2.reshape(-1, S)
-    key = key.reshape(-1, S)
-    win, scale = _scan(sqx, sq2, key)
+    live, win, lev, scale, neg = _best_split(sqx, sq2, key, 4, live, x, i1, i2, order)
     del sqx, sq2, key
-    live &= win >= 0
-    pair = np.where(live, win // 4, 0)
     best_k = np.where(live, win % 4, 0)
-    lev = _split_levels(x, i1[pair], i2[pair], order)
-    neg = (scale < 0) & live
-    lev = np.where(neg, 2 - lev, lev)
-    scale = np.where(neg, -scale, scale)
     best_k = np.where(neg, 3 - best_k, best_k)
     xx = _iq1_m_values(best_k)
     gi, lev, scale = _iq1_grid(g, x, w, lev, scale, xx, live)
