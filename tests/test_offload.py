@@ -163,3 +163,27 @@ def test_workers_are_waited_for_at_exit() -> None:
     assert pids
     assert not [p for p in pids if Path(f"/proc/{p}").exists()]
     assert usage.ru_utime + usage.ru_stime > 0
+
+
+def test_a_worker_that_cannot_start_turns_the_workers_off(forced: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the worker module cannot even start (a broken install), the chunk is computed in-process
+    and no further worker is tried: one failed start, not one per chunk."""
+    monkeypatch.setattr(offload, "_MODULE", "lmconv.no_such_module_here")
+    monkeypatch.setattr(offload, "_broken", False)
+    q = get_registry().quantizer("q4_K")
+    x = random_matrix("normal", np.random.default_rng(4), (4, 512))
+    starts = []
+    real = offload._Worker.__init__
+
+    def counting(self: offload._Worker) -> None:
+        starts.append(1)
+        real(self)
+
+    monkeypatch.setattr(offload._Worker, "__init__", counting)
+    first = q.quantize(x)
+    assert offload._broken and not offload.enabled(1 << 20)
+    for _ in range(3):
+        assert np.array_equal(q.quantize(x), first)
+    assert len(starts) == 1
+    monkeypatch.setenv(offload.ENV, "0")
+    assert np.array_equal(q.quantize(x), first)

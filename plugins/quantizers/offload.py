@@ -49,6 +49,7 @@ ENV = "LMCONV_QUANT_PROCESSES"
 """``0`` keeps every kernel in-process; ``1`` sends even small chunks (tests); unset: automatic."""
 
 _WORKER_ENV = "LMCONV_OFFLOAD_WORKER"
+_broken = False  # set when a worker died before answering anything: everything stays in-process
 _HEADER = struct.Struct("<Q")
 _MODULE = __name__ if __name__ != "__main__" else "lmconv.plugins.quantizers.offload"
 
@@ -63,7 +64,7 @@ def enabled(elements: int) -> bool:
     """Whether a chunk of ``elements`` values goes to a worker process: only with more than one
     compute thread (one thread gains nothing), and only for chunks worth sending."""
     env = os.environ.get(ENV, "").strip()
-    if env == "0" or os.environ.get(_WORKER_ENV) == "1":  # never from inside a worker
+    if env == "0" or _broken or os.environ.get(_WORKER_ENV) == "1":  # never from inside a worker
         return False
     if env == "1":
         return True
@@ -140,19 +141,19 @@ class _Worker:
 
     def __init__(self) -> None:
         env = dict(os.environ, **{_WORKER_ENV: "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+        self.served = 0
         self.proc = subprocess.Popen([sys.executable, "-m", _MODULE], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                                      start_new_session=True)
         for stream in (self.proc.stdin, self.proc.stdout):
             _widen(stream)
 
-    def call(self, fn: Callable[..., np.ndarray], rows: np.ndarray, args: tuple, kwargs: dict) -> np.ndarray:
+    def call(self, fn: Callable[..., np.ndarray], rows: np.ndarray, args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        """Send one chunk and wait: ``(True, result)`` or ``(False, the kernel's exception)``;
+        raises only when the chunk cannot be sent or the worker does not answer."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         _send(self.proc.stdin, (fn, rows, args, kwargs))
-        ok, value = _recv(self.proc.stdout)
-        if not ok:
-            raise value
-        return value
+        return _recv(self.proc.stdout)
 
     def close(self) -> None:
         for stream in (self.proc.stdin, self.proc.stdout):
@@ -246,15 +247,22 @@ def run(fn: Callable[..., np.ndarray], rows: np.ndarray, *args: object, **kwargs
     pool = _get_pool()
     w = pool.take()
     try:
-        result = w.call(fn, np.ascontiguousarray(rows), args, kwargs)
-    except (EOFError, OSError, pickle.PickleError):
+        ok, value = w.call(fn, np.ascontiguousarray(rows), args, kwargs)
+    except BaseException as exc:
+        if w.served == 0 or not isinstance(exc, (EOFError, OSError)):
+            # a worker that cannot start, or a chunk that cannot be sent (pickling), will not do
+            # better next time: stop trying rather than start a process per chunk
+            global _broken
+            _broken = True
         pool.drop(w)
+        if not isinstance(exc, Exception):  # KeyboardInterrupt and the like
+            raise
         return fn(rows, *args, **kwargs)
-    except BaseException:
-        pool.give_back(w)  # the kernel's own exception: the worker answered and is fine
-        raise
+    w.served += 1
     pool.give_back(w)
-    return result
+    if not ok:
+        raise value  # the kernel's own exception: the worker answered and is fine
+    return value
 
 
 # --------------------------------------------------------------------------- the worker's side
