@@ -187,3 +187,38 @@ def test_a_worker_that_cannot_start_turns_the_workers_off(forced: None, monkeypa
     assert len(starts) == 1
     monkeypatch.setenv(offload.ENV, "0")
     assert np.array_equal(q.quantize(x), first)
+
+
+def test_a_thread_waiting_for_a_worker_is_not_stranded_when_workers_die() -> None:
+    """More callers than workers: a caller waiting for one is woken when a worker is dropped and
+    starts a replacement, instead of waiting for a worker that will never come back."""
+    import threading
+
+    pool = offload._Pool(1)
+    try:
+        first = pool.take()
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.append(pool.take()), daemon=True)
+        waiter.start()
+        time.sleep(0.3)
+        assert not got  # the only worker is busy
+        pool.drop(first)
+        waiter.join(30)
+        assert got and got[0] is not first and got[0].proc.poll() is None  # type: ignore[attr-defined]
+    finally:
+        pool.close()
+
+
+def test_no_process_can_start(forced: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Process limits reached: the chunk is computed here and no further start is tried."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(offload.subprocess, "Popen", refuse)
+    monkeypatch.setattr(offload, "_broken", False)
+    q = get_registry().quantizer("q6_K")
+    x = random_matrix("normal", np.random.default_rng(5), (3, 256))
+    got = q.quantize(x)
+    assert offload._broken
+    monkeypatch.setenv(offload.ENV, "0")
+    assert np.array_equal(got, q.quantize(x))

@@ -175,22 +175,30 @@ class _Pool:
     def __init__(self, size: int) -> None:
         self.size = size
         self.started = 0
-        self.idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self.idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         self.all: list[_Worker] = []
         self.lock = threading.Lock()
 
     def take(self) -> _Worker:
-        try:
-            return self.idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self.lock:
-            if self.started < self.size:
-                self.started += 1
-                w = _Worker()
-                self.all.append(w)
+        """An idle worker, a new one while fewer than ``size`` exist, else the next one given back.
+        Raises OSError when a process cannot be started."""
+        while True:
+            try:
+                w = self.idle.get_nowait()
+            except queue.Empty:
+                with self.lock:
+                    if self.started < self.size:
+                        self.started += 1
+                        try:
+                            w = _Worker()
+                        except BaseException:
+                            self.started -= 1
+                            raise
+                        self.all.append(w)
+                        return w
+                w = self.idle.get()
+            if w is not None:  # None: a worker was dropped, so one may be started again
                 return w
-        return self.idle.get()
 
     def give_back(self, w: _Worker) -> None:
         self.idle.put(w)
@@ -200,6 +208,7 @@ class _Pool:
             if w in self.all:
                 self.all.remove(w)
                 self.started -= 1
+        self.idle.put(None)  # wakes a thread waiting for a worker, which may now start one
         w.proc.kill()
         w.close()
 
@@ -244,15 +253,19 @@ def run(fn: Callable[..., np.ndarray], rows: np.ndarray, *args: object, **kwargs
     one). Exceptions the kernel raises come back as themselves."""
     if not enabled(int(np.size(rows))):
         return fn(rows, *args, **kwargs)
+    global _broken
     pool = _get_pool()
-    w = pool.take()
+    try:
+        w = pool.take()
+    except OSError:  # no process can be started (limits, memory): compute here, and stop trying
+        _broken = True
+        return fn(rows, *args, **kwargs)
     try:
         ok, value = w.call(fn, np.ascontiguousarray(rows), args, kwargs)
     except BaseException as exc:
         if w.served == 0 or not isinstance(exc, (EOFError, OSError)):
             # a worker that cannot start, or a chunk that cannot be sent (pickling), will not do
             # better next time: stop trying rather than start a process per chunk
-            global _broken
             _broken = True
         pool.drop(w)
         if not isinstance(exc, Exception):  # KeyboardInterrupt and the like
