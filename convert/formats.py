@@ -37,46 +37,41 @@ class WriteOptions:
     warn: Callable[[str], None] = lambda msg: None
 
 
-WRITTEN_STEPS = "lmconv.written_steps"
-"""``model.metadata`` key of the lossy steps a writer applied beyond the stored types, for ``--verify``."""
+FOR_VERIFY = "lmconv.written_for_verify"
+"""``model.metadata`` key of what a writer tells ``--verify`` about tensors it wrote (see
+:func:`record_for_verify`)."""
 
 
-def record_written_steps(model: Any, path: str | Path, names: Iterable[str], steps: Iterable[str]) -> None:
-    """Tell verification that the tensor known by ``names`` was written to ``path`` with ``steps``
-    of the writer's own (``imatrix:q6_K``: a search whose bound has an allowance of its own).
+def record_for_verify(model: Any, path: str | Path, names: Iterable[str], *, steps: Iterable[str] = (),
+                      requantize: tuple[str, Any] | None = None) -> None:
+    """Tell verification what the writer did to the tensor known by ``names`` in the output ``path``
+    that the model as written does not show.
 
-    Verification reads a tensor's lossy steps from the model as written and from its stored type;
-    a step the writer takes itself would be lost. Keyed by the output's file name, which a staged
-    write keeps, so the rungs of a quant ladder sharing one model each keep theirs."""
+    ``steps``: lossy steps of the writer's own (``imatrix:q6_K``: a weighted search whose bound has
+    an allowance of its own), added to those read from the model and the stored type.
+    ``requantize``: ``(quantizer, imatrix)`` when the tensor was quantised as
+    ``quantizer(values, imatrix=imatrix)`` (one row of importance weights, or one per stacked expert)
+    where no error bound holds (ggml's weighted fits of the asymmetric types): verification then
+    checks that the stored blocks are exactly what quantising the source gives.
+
+    Keyed by the output's file name, which a staged write keeps, so the rungs of a quant ladder
+    sharing one model each keep theirs."""
     steps = list(steps)
-    if steps:
-        per_file = model.metadata.setdefault(WRITTEN_STEPS, {}).setdefault(Path(path).name, {})
-        for n in names:
-            per_file[n] = steps
-
-
-WRITTEN_REQUANTIZATION = "lmconv.written_requantization"
-"""``model.metadata`` key of how a writer quantised tensors whose error no bound covers, for ``--verify``."""
-
-
-def record_requantization(model: Any, path: str | Path, names: Iterable[str], quantizer: str, imatrix: Any) -> None:
-    """Tell verification that the tensor known by ``names`` was written to ``path`` as
-    ``quantizer(values, imatrix=imatrix)`` (``imatrix``: one row of importance weights, or one per
-    stacked expert), where no error bound holds (ggml's weighted fits of the asymmetric types):
-    verification then checks that the stored blocks are exactly what quantising the source gives."""
-    per_file = model.metadata.setdefault(WRITTEN_REQUANTIZATION, {}).setdefault(Path(path).name, {})
+    if not steps and requantize is None:
+        return
+    per_file = model.metadata.setdefault(FOR_VERIFY, {}).setdefault(Path(path).name, {})
     for n in names:
-        per_file[n] = (quantizer, imatrix)
+        entry = per_file.setdefault(n, {})
+        if steps:
+            entry["steps"] = steps
+        if requantize is not None:
+            entry["requantize"] = requantize
 
 
-def written_requantization(model: Any, path: str | Path) -> dict[str, tuple[str, Any]]:
-    """What :func:`record_requantization` recorded for the output ``path``: name → (quantizer, weights)."""
-    return dict((model.metadata.get(WRITTEN_REQUANTIZATION) or {}).get(Path(path).name, {}))
-
-
-def written_steps(model: Any, path: str | Path) -> dict[str, list[str]]:
-    """What :func:`record_written_steps` recorded for the output ``path``: tensor name → steps."""
-    return dict((model.metadata.get(WRITTEN_STEPS) or {}).get(Path(path).name, {}))
+def recorded_for_verify(model: Any, path: str | Path) -> dict[str, dict[str, Any]]:
+    """What :func:`record_for_verify` recorded for the output ``path``: tensor name →
+    ``{"steps": [...], "requantize": (quantizer, imatrix)}`` (either key may be absent)."""
+    return dict((model.metadata.get(FOR_VERIFY) or {}).get(Path(path).name, {}))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..bounds import SLACK, override_bound
-from ..formats import written_requantization, written_steps
+from ..formats import recorded_for_verify
 from ..ir import Model, Tensor
 from ..pipeline import read_model
 from .compare import TensorResult, compare_tensors, name_table
@@ -155,19 +155,18 @@ def verify_conversion(result: Any, quiet: bool = False) -> Report:
     if written.config and a.config != written.config:
         a.config = written.config  # the conversion used --config: that is the reference
     assume: dict[str, list[str]] = {}
-    # steps the writer took itself (imatrix:TYPE), recorded under the names it wrote: read back, each
-    # tensor's stored form carries that name
-    extra = written_steps(written, _main_output(result.outputs))
-    requant = written_requantization(written, _main_output(result.outputs))
-    for recorded in (extra, requant):
-        if recorded:
-            for tb in b:
-                for n in (stored(tb).name, *stored(tb).aliases):
-                    if n in recorded:
-                        recorded.setdefault(tb.name, recorded[n])  # type: ignore[arg-type]
+    # what the writer did itself (imatrix:TYPE steps, weighted quantisation no bound covers), recorded
+    # under the names it wrote: read back, each tensor's stored form carries that name
+    notes = recorded_for_verify(written, _main_output(result.outputs))
+    if notes:
+        for tb in b:
+            for n in (stored(tb).name, *stored(tb).aliases):
+                if n in notes:
+                    notes.setdefault(tb.name, notes[n])
+    requant = {n: e["requantize"] for n, e in notes.items() if "requantize" in e}
     for t in written:
         tags = sorted(s for s in lossy_tags(t) if s.startswith(("cast:", "quant:")))
-        more = next((extra[n] for n in (t.name, *t.aliases) if n in extra), [])
+        more = next((notes[n].get("steps", []) for n in (t.name, *t.aliases) if n in notes), [])
         tags = sorted(set(tags) | set(more))
         if tags:
             for n in (t.name, *t.aliases):

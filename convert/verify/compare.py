@@ -229,7 +229,7 @@ def compare_tensors(
     """Compare one pair (loads both, one pair only). ``steps`` are the lossy steps from A to B.
 
     ``requant``: ``(quantizer, importance weights)`` when the writer says B was quantised that way
-    where no bound holds (:func:`lmconv.formats.record_requantization`): if B's blocks are exactly
+    where no bound holds (:func:`lmconv.formats.record_for_verify`): if B's blocks are exactly
     A, in B's stored layout, quantised so, the tensor passes as "requantized" whatever its error."""
     name = name or ta.name
     sa, sb = stored(ta), stored(tb)

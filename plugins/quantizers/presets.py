@@ -29,6 +29,8 @@ from typing import Any
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from .iquants import NEEDS_IMATRIX
+
 __all__ = [
     "PRESETS",
     "LlamaFtype",
@@ -487,7 +489,7 @@ def _mixture_type(st: _State, new_type: str, name: str, ne0: int, ftype: int, ca
     return new_type
 
 
-_GGML_ASSERTS_IMATRIX = frozenset({"IQ2_XXS", "IQ2_XS", "IQ1_S"})
+_GGML_ASSERTS_IMATRIX = frozenset(n.upper() for n in NEEDS_IMATRIX)
 """Types whose ggml quantiser asserts it was given importance weights (``ggml_quantize_requires_imatrix``)."""
 
 

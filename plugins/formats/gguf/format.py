@@ -26,8 +26,7 @@ from gguf.gguf_writer import WriterState
 from lmconv import dtypes as dt
 from lmconv.adapters import is_adapter
 from lmconv.errors import InputError, UsageError
-from lmconv.formats import (Format, Plan, PlannedTensor, ReadOptions, WriteOptions, record_requantization,
-                            record_written_steps)
+from lmconv.formats import Format, Plan, PlannedTensor, ReadOptions, WriteOptions, record_for_verify
 from lmconv.hookspecs import hookimpl
 from lmconv.ir import Model, Tensor, Tokenizer
 from lmconv.memmap import drop_pages
@@ -232,14 +231,10 @@ def write_gguf(model: Model, path: Path, options: WriteOptions) -> list[Path]:
     split = parse_size(split, option="--split-max-size") if split else 0
     writer = gguf.GGUFWriter(path, arch_name, split_max_size=split)
     typed = model.metadata.get("gguf.types") or {}
-    for t in out:  # the importance-matrix allowances, for --verify (which sees the model under its own names)
-        steps = [h for h in t.history if h.startswith("imatrix:")]
-        if steps:
-            inputs = t.derivation.inputs if t.derivation is not None else ()
-            record_written_steps(model, path, (t.name, *t.aliases, *(i.name for i in inputs)), steps)
+    for t in out:  # how the importance matrix was applied, for --verify
         w = planned.weighted.get(t.name)
-        if w is not None:
-            record_requantization(model, path, (t.name, *t.aliases), t.dtype.name, w if w.shape[0] > 1 else w[0])
+        record_for_verify(model, path, (t.name, *t.aliases), steps=[h for h in t.history if h.startswith("imatrix:")],
+                          requantize=None if w is None else (t.dtype.name, w if w.shape[0] > 1 else w[0]))
     for t in out:  # first: the parameter count (for general.size_label) comes from the tensor list
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=ggml_type(t.dtype))
     if src_kv:  # a GGUF source: its description of the model carries over
